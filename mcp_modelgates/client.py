@@ -1,0 +1,298 @@
+"""The HTTP side: one shared httpx client, auth, timeouts, safe retries and error mapping.
+
+`ModelGatesClient.call` sends one operation's body and returns the parsed response model, or
+raises `ApiError` whose message is safe to show (status, the API's own message, one hint, and
+never the configured key). Retries follow the contract's caveat: a request that may have
+reached ModelGates is re-sent only when the operation is `resend_safe` (never an exchange,
+whose code is single-use).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import re
+import socket
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+import anyio
+import httpx
+from pydantic import ValidationError
+
+from mcp_modelgates.config import Settings
+from mcp_modelgates.models import Operation, RequestModel, ResponseModel
+
+logger = logging.getLogger("mcp_modelgates")
+
+MAX_BODY_BYTES = 1 << 20  # a success body larger than this is refused, not buffered
+ERROR_BODY_BYTES = 8 << 10  # enough of an error body for its message or an excerpt
+EXCERPT_CHARS = 200
+RETRY_WAIT_CAP = 10.0  # seconds; the most one Retry-After or backoff wait may take
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]+")
+
+RESTART = "Start the flow again: generate_pkce, then create_auth_code or the authorization URL, then exchange."
+_HINTS: Mapping[tuple[str, int], str] = {
+    ("/auth/keys/code", 400): "Check the arguments against the tool's input schema.",
+    ("/auth/keys/code", 401): "Check MODELGATES_API_KEY: it is missing, revoked or not a ModelGates key.",
+    ("/auth/keys/code", 403): "The key in MODELGATES_API_KEY may not be allowed to create authorization codes.",
+    ("/auth/keys", 400): (
+        "code_challenge_method must be the method used when the code was created (S256 unless plain was asked for)."
+    ),
+    ("/auth/keys", 401): "Check MODELGATES_API_KEY, or unset it: exchange works without a key.",
+    ("/auth/keys", 403): (
+        "The code is invalid, expired (codes last 10 minutes) or already used, or the code_verifier "
+        "does not belong to the challenge it was created with. " + RESTART
+    ),
+    ("/auth/keys", 404): "The code is unknown. " + RESTART,
+}
+_MAYBE_CONSUMED = "The request may have reached ModelGates, so the code may already be used. " + RESTART
+
+
+class ApiError(Exception):
+    """A call that failed; `str(err)` is for the MCP client and holds no secret."""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def excerpt(raw: bytes | str, limit: int = EXCERPT_CHARS) -> str:
+    """A short, printable, single-line excerpt of an upstream body (no control or ANSI sequences)."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = _UNPRINTABLE.sub(" ", _ANSI.sub("", text))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _reason(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+def _api_message(raw: bytes) -> str | None:
+    """`error.message (error code N)` from a documented error body, or None for any other shape."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return None
+    message = excerpt(error["message"])
+    code = error.get("code")
+    return f"{message} (error code {code})" if isinstance(code, int) and not isinstance(code, bool) else message
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _connect_failure(exc: BaseException, host: str, connect_timeout: float) -> str:
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return f"Timed out after {connect_timeout:g} s connecting to ModelGates at {host}."
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror) or "name resolution" in str(seen) or "not known" in str(seen):
+            return f"Could not resolve the ModelGates host {host} (DNS lookup failed)."
+        if isinstance(seen, ConnectionRefusedError) or "refused" in str(seen).lower():
+            return f"Could not connect to ModelGates at {host}: connection refused."
+        seen = seen.__cause__ or seen.__context__
+    return f"Could not connect to ModelGates at {host}."
+
+
+class ModelGatesClient:
+    """One per server: the httpx client is made on first use (start-up stays lean) and reused."""
+
+    def __init__(self, settings: Settings, user_agent: str, *, backoff_base: float = 0.5) -> None:
+        self._settings = settings
+        self._backoff_base = backoff_base
+        self._http: httpx.AsyncClient | None = None
+        self._headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": user_agent,
+        }
+        auth = settings.authorization
+        self._auth_headers = {**self._headers, "Authorization": auth} if auth else self._headers
+        self._timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout, pool=settings.connect_timeout)
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            # No redirects: the Authorization header must never follow one to another host.
+            # TLS verification stays at httpx's default (on); there is no switch to turn it off.
+            self._http = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, trust_env=False)
+        return self._http
+
+    async def aclose(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
+
+    async def call(self, op: Operation, request: RequestModel) -> ResponseModel:
+        settings = self._settings
+        if op.requires_key and settings.api_key is None:
+            raise ApiError(
+                "MODELGATES_API_KEY is not set: creating an authorization code needs a ModelGates API key. "
+                "Set it in the MCP server's environment and restart the server."
+            )
+        content = request.model_dump_json().encode()
+        headers = self._auth_headers
+        url = settings.base_url + op.path
+        host = settings.host
+        state = {"maybe_sent": False}
+        with anyio.move_on_after(settings.timeout) as scope:
+            return await self._attempts(op, url, host, content, headers, state)
+        if scope.cancelled_caught:
+            message = f"ModelGates at {host} did not answer within {settings.timeout:g} s (MODELGATES_TIMEOUT)."
+            if state["maybe_sent"] and not op.resend_safe:
+                message += " " + _MAYBE_CONSUMED
+            raise ApiError(message)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempts(
+        self,
+        op: Operation,
+        url: str,
+        host: str,
+        content: bytes,
+        headers: Mapping[str, str],
+        state: dict[str, bool],
+    ) -> ResponseModel:
+        settings = self._settings
+        deadline = time.monotonic() + settings.timeout
+        attempt = 0
+        while True:
+            retry_wait: float | None = None
+            failure: str
+            try:
+                state["maybe_sent"] = True
+                status, resp_headers, raw = await self._send(url, content, headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # The request never left this process: safe to send again for every operation.
+                state["maybe_sent"] = False
+                failure = _connect_failure(exc, host, settings.connect_timeout)
+                retry_wait = self._backoff(attempt)
+            except httpx.TimeoutException:
+                failure = f"ModelGates at {host} did not answer within {settings.timeout:g} s."
+                if not op.resend_safe:
+                    failure += " " + _MAYBE_CONSUMED
+            except (httpx.TransportError, _TooLarge) as exc:
+                if isinstance(exc, _TooLarge):
+                    failure = f"ModelGates at {host} sent a response larger than {MAX_BODY_BYTES // 1024} KiB; refused."
+                else:
+                    failure = f"The connection to ModelGates at {host} failed mid-request ({type(exc).__name__})."
+                if not op.resend_safe:
+                    failure += " " + _MAYBE_CONSUMED
+            else:
+                if 200 <= status < 300:
+                    return self._parse(op, status, raw, host)
+                failure = self._status_failure(op, status, resp_headers, raw)
+                if status in RETRY_STATUSES and op.resend_safe:
+                    retry_wait = self._backoff(attempt)
+                    advised = _retry_after(resp_headers.get("retry-after"))
+                    if advised is not None:
+                        retry_wait = min(advised, RETRY_WAIT_CAP)
+            if retry_wait is None or attempt >= settings.max_retries:
+                if attempt:
+                    failure += f" Gave up after {attempt + 1} attempts."
+                raise ApiError(settings.redact(failure))
+            if time.monotonic() + retry_wait >= deadline:
+                raise ApiError(settings.redact(failure + f" No time left to retry within {settings.timeout:g} s."))
+            logger.info("%s: retrying in %.2f s: %s", op.path, retry_wait, settings.redact(failure))
+            attempt += 1
+            await anyio.sleep(retry_wait)
+
+    def _backoff(self, attempt: int) -> float:
+        wait: float = min(RETRY_WAIT_CAP, self._backoff_base * 2**attempt)
+        return wait * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+    async def _send(self, url: str, content: bytes, headers: Mapping[str, str]) -> tuple[int, httpx.Headers, bytes]:
+        http = self._client()
+        async with http.stream("POST", url, content=content, headers=headers) as resp:
+            status = resp.status_code
+            cap = MAX_BODY_BYTES if 200 <= status < 300 else ERROR_BODY_BYTES
+            length = resp.headers.get("content-length", "")
+            if 200 <= status < 300 and length.isdigit() and int(length) > cap:
+                raise _TooLarge
+            body = bytearray()
+            async for chunk in resp.aiter_bytes():
+                body += chunk
+                if len(body) > cap:
+                    if 200 <= status < 300:
+                        raise _TooLarge
+                    break  # an excerpt of an error body is all that is needed
+            return status, resp.headers, bytes(body)
+
+    def _status_failure(self, op: Operation, status: int, headers: httpx.Headers, raw: bytes) -> str:
+        host = self._settings.host
+        if 300 <= status < 400:
+            target = headers.get("location", "")
+            target_host = httpx.URL(target).host if target else ""
+            where = f" to {target_host}" if target_host else ""
+            return (
+                f"ModelGates at {host} answered HTTP {_reason(status)}, a redirect{where}; redirects are not "
+                "followed (the API key must not go elsewhere). Check MODELGATES_BASE_URL."
+            )
+        api_message = _api_message(raw)
+        if api_message is not None:
+            text = f"ModelGates answered HTTP {_reason(status)}: {api_message}."
+        elif raw.strip():
+            text = f"ModelGates answered HTTP {_reason(status)} with an unexpected body: {excerpt(raw)!r}."
+        else:
+            text = f"ModelGates answered HTTP {_reason(status)} with an empty body."
+        hint = _HINTS.get((op.path, status))
+        if hint is None and status == 409:
+            hint = "A conflicting request is in progress; try again in a moment."
+        if hint is None and status == 429:
+            hint = "Too many requests; wait a moment and try again."
+        if hint is None and status >= 500:
+            hint = "This is a failure on the ModelGates side."
+            if not op.resend_safe:
+                hint += " " + _MAYBE_CONSUMED
+        return f"{text} {hint}" if hint else text
+
+    def _parse(self, op: Operation, status: int, raw: bytes, host: str) -> ResponseModel:
+        try:
+            return op.response.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            if any(e["type"] in ("json_invalid", "json_type") for e in errors) or not raw.strip():
+                detail = f"a body that is not JSON: {excerpt(raw)!r}" if raw.strip() else "an empty body"
+            elif any(not e["loc"] for e in errors):
+                detail = f"JSON that is not an object: {excerpt(raw)!r}"
+            else:
+                detail = "a body that does not match the API contract: " + "; ".join(
+                    _field_problem(e) for e in errors[:5]
+                )
+            raise ApiError(
+                self._settings.redact(f"ModelGates at {host} answered HTTP {_reason(status)} with {detail}.")
+            ) from None
+
+
+def _field_problem(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "missing":
+        return f"`{where}` is missing"
+    return f"`{where}`: {error['msg'].lower()}"
