@@ -1,0 +1,288 @@
+"""A real HTTP server on 127.0.0.1 standing in for the ModelGates API in tests and benchmarks.
+
+By default it behaves like ModelGates for the two PKCE operations: `POST /auth/keys/code` issues
+a code bound to its challenge (requires a bearer key), `POST /auth/keys` checks the verifier
+against that challenge, and codes are single-use and expire after `code_ttl` seconds. Tests can
+queue scripted answers (`reply`) that take precedence, in order, over that behaviour. Every
+request is recorded (method, path, headers, raw body) and connections are counted.
+
+Run it alone for manual tries and the real-client harness:
+    python tests/fake_api.py --port 8765
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+KEY_PREFIX = "sk-mg-v1-"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    """A scripted answer. `action` other than "respond": "reset" (close without answering),
+    "truncate" (promise more body than is sent, then close), "stream" (send `stream_bytes`
+    of body in chunks)."""
+
+    status: int = 200
+    json: Any = None
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    action: str = "respond"
+    stream_bytes: int = 0
+    path: str | None = None  # only for requests to this path; None: any
+
+
+@dataclass
+class _Code:
+    challenge: str | None
+    method: str | None
+    issued: float
+    used: bool = False
+
+
+def s256(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def error_body(code: int, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "metadata": None}, "user_id": None}
+
+
+class FakeModelGates:
+    def __init__(
+        self, api_key: str = "sk-test-key", code_ttl: float = 600.0, prefix: str = "/api/v1", port: int = 0
+    ) -> None:
+        self.api_key = api_key
+        self.code_ttl = code_ttl
+        self.prefix = prefix
+        self.requests: list[Recorded] = []
+        self.connections = 0
+        self._replies: deque[Reply] = deque()
+        self._codes: dict[str, _Code] = {}
+        self._lock = threading.Lock()
+        self.handler: Callable[[Recorded], Reply | None] | None = None
+        self._server = _Server(("127.0.0.1", port), _Handler)
+        self._server.fake = self
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-modelgates", daemon=True
+        )
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> FakeModelGates:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeModelGates:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.origin + self.prefix
+
+    # ------------------------------------------------------------ scripting
+    def reply(self, status: int = 200, json: Any = None, **kwargs: Any) -> None:
+        with self._lock:
+            self._replies.append(Reply(status=status, json=json, **kwargs))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._replies.clear()
+            self.requests.clear()
+            self.connections = 0
+
+    def expire(self, code: str) -> None:
+        with self._lock:
+            self._codes[code].issued -= self.code_ttl + 1
+
+    def issue_code(self, challenge: str | None = None, method: str | None = "S256") -> str:
+        code = "auth_code_" + secrets.token_hex(8)
+        with self._lock:
+            self._codes[code] = _Code(challenge, method, time.monotonic())
+        return code
+
+    # ------------------------------------------------------------ behaviour
+    def _next_reply(self, rec: Recorded) -> Reply:
+        with self._lock:
+            self.requests.append(rec)
+            for i, r in enumerate(self._replies):
+                if r.path is None or self.prefix + r.path == rec.path:
+                    del self._replies[i]
+                    return r
+        if self.handler is not None and (scripted := self.handler(rec)) is not None:
+            return scripted
+        return self._default(rec)
+
+    def _default(self, rec: Recorded) -> Reply:
+        if rec.method != "POST":
+            return Reply(405, error_body(405, "Method not allowed"))
+        try:
+            body = rec.json
+        except ValueError:
+            return Reply(400, error_body(400, "Invalid JSON body"))
+        if not isinstance(body, dict):
+            return Reply(400, error_body(400, "Body must be an object"))
+        if rec.path == self.prefix + "/auth/keys/code":
+            if rec.headers.get("authorization") != f"Bearer {self.api_key}":
+                return Reply(401, error_body(401, "Missing Authentication header"))
+            if not isinstance(body.get("callback_url"), str):
+                return Reply(400, error_body(400, "callback_url is required"))
+            code = self.issue_code(body.get("code_challenge"), body.get("code_challenge_method"))
+            return Reply(200, {"data": {"id": code, "app_id": 12345, "created_at": "2025-08-24T10:30:00Z"}})
+        if rec.path == self.prefix + "/auth/keys":
+            with self._lock:
+                entry = self._codes.get(str(body.get("code")))
+                if entry is None or entry.used:
+                    return Reply(403, error_body(403, "Invalid code or code_verifier"))
+                if time.monotonic() - entry.issued > self.code_ttl:
+                    return Reply(403, error_body(403, "Authorization code expired"))
+                method = body.get("code_challenge_method")
+                if entry.challenge is not None and method is not None and method != (entry.method or "S256"):
+                    return Reply(400, error_body(400, "Invalid code_challenge_method"))
+                if entry.challenge is not None:
+                    verifier = body.get("code_verifier")
+                    derived = (
+                        verifier
+                        if (entry.method or "S256") == "plain"
+                        else s256(verifier)
+                        if isinstance(verifier, str)
+                        else None
+                    )
+                    if derived != entry.challenge:
+                        return Reply(403, error_body(403, "Invalid code or code_verifier"))
+                entry.used = True
+            return Reply(200, {"key": KEY_PREFIX + secrets.token_hex(16), "user_id": "user_2abc"})
+        return Reply(404, error_body(404, "Not found"))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+    fake: FakeModelGates
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client gave up (a timeout test, a size cap): expected, not noise
+        super().handle_error(request, client_address)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        # Without TCP_NODELAY, Nagle plus delayed ACKs make small answers take ~40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.fake._lock:
+            self.fake.connections += 1
+        return sock, addr
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse can be observed
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
+        reply = self.server.fake._next_reply(rec)
+        if reply.delay:
+            time.sleep(reply.delay)
+        if reply.action == "reset":
+            self.close_connection = True
+            sock = self.connection
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.close()
+            return
+        body = (
+            reply.body
+            if reply.body is not None
+            else (json.dumps(reply.json).encode() if reply.json is not None else b"")
+        )
+        self.send_response(reply.status)
+        has_type = any(k.lower() == "content-type" for k in reply.headers)
+        if not has_type and reply.json is not None:
+            self.send_header("Content-Type", "application/json")
+        for k, v in reply.headers.items():
+            self.send_header(k, v)
+        if reply.action == "stream":
+            self.send_header("Content-Length", str(reply.stream_bytes))
+            self.end_headers()
+            chunk = b"x" * 65536
+            sent = 0
+            try:
+                while sent < reply.stream_bytes:
+                    n = min(len(chunk), reply.stream_bytes - sent)
+                    self.wfile.write(chunk[:n])
+                    sent += n
+            except OSError:
+                pass  # the client stopped reading, as it should
+            self.close_connection = True
+            return
+        if reply.action == "truncate":
+            self.send_header("Content-Length", str(len(body) + 100))
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = _handle
+    do_GET = _handle
+    do_PUT = _handle
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use
+    parser = argparse.ArgumentParser(description="A ModelGates stand-in on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--api-key", default="sk-test-key")
+    args = parser.parse_args()
+    with FakeModelGates(api_key=args.api_key, port=args.port) as fake:
+        print(f"fake ModelGates at {fake.base_url} (key {args.api_key})", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()

@@ -1,0 +1,69 @@
+"""server.json against the official registry schema, and one version everywhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import version
+
+import jsonschema
+import pytest
+
+from mcp_modelgates import __version__
+from tests.conftest import ROOT, server_command
+
+SCHEMA = ROOT.parent / "shared" / "registry" / "server.schema.json"
+SERVER_JSON = json.loads((ROOT / "server.json").read_text())
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_server_json_is_valid_against_the_registry_schema() -> None:
+    if not SCHEMA.exists():
+        pytest.skip(f"registry schema not found at {SCHEMA} (it comes with the shared folder)")
+    jsonschema.Draft7Validator(json.loads(SCHEMA.read_text())).validate(SERVER_JSON)
+
+
+def test_server_json_describes_the_pypi_package_and_secret_key() -> None:
+    assert SERVER_JSON["$schema"] == "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json"
+    assert SERVER_JSON["name"] == "io.github.ModelGatesTeam/mcp-modelgates"
+    (package,) = SERVER_JSON["packages"]
+    assert (package["registryType"], package["identifier"], package["runtimeHint"]) == ("pypi", "mcp-modelgates", "uvx")
+    assert package["transport"] == {"type": "stdio"}
+    env = {v["name"]: v for v in package["environmentVariables"]}
+    assert env["MODELGATES_API_KEY"]["isSecret"] is True
+    assert {"MODELGATES_BASE_URL", "MODELGATES_TIMEOUT", "MODELGATES_MAX_RETRIES"} <= set(env)
+
+
+def test_readme_carries_the_registry_ownership_line() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert f"<!-- mcp-name: {SERVER_JSON['name']} -->" in readme
+
+
+def test_one_version_everywhere() -> None:
+    expected = PYPROJECT["project"]["version"]
+    cli = subprocess.run([*server_command(), "--version"], capture_output=True, text=True, check=True)
+    assert {
+        "pyproject": expected,
+        "installed metadata": version("mcp-modelgates"),
+        "__version__": __version__,
+        "server.json": SERVER_JSON["version"],
+        "server.json package": SERVER_JSON["packages"][0]["version"],
+        "--version": cli.stdout.strip().removeprefix("mcp-modelgates "),
+    } == dict.fromkeys(
+        ["pyproject", "installed metadata", "__version__", "server.json", "server.json package", "--version"], expected
+    )
+
+
+def test_python_dash_m_runs_the_same_entry_point() -> None:
+    out = subprocess.run([sys.executable, "-m", "mcp_modelgates", "--version"], capture_output=True, text=True)
+    assert (out.returncode, out.stdout.strip()) == (0, f"mcp-modelgates {__version__}")
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv")]
+    assert len(commands) == 2, "the README holds exactly two set-up commands"
+    test_command = next(c for c in commands if "pytest" in c)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
