@@ -269,8 +269,11 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5) -> Server[Any
     async def on_get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
         if params.name != PROMPT_NAME:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
+        callback_url = (params.arguments or {}).get("callback_url")
+        if callback_url is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"{PROMPT_NAME}: callback_url: required")
         try:
-            checked = GeneratePkceRequest.model_validate({"callback_url": (params.arguments or {}).get("callback_url")})
+            checked = GeneratePkceRequest.model_validate({"callback_url": callback_url})
         except ValidationError as exc:
             raise MCPError(
                 code=types.INVALID_PARAMS, message=describe_invalid(PROMPT_NAME, GeneratePkceRequest, exc)
