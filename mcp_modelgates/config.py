@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -206,6 +205,3 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str], version: str 
         log_level=level,
     )
 
-
-def load_from_process(argv: Sequence[str], version: str) -> Settings:
-    return load_settings(argv, os.environ, version)
