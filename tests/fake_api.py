@@ -6,8 +6,9 @@ against that challenge, and codes are single-use and expire after `code_ttl` sec
 queue scripted answers (`reply`) that take precedence, in order, over that behaviour. Every
 request is recorded (method, path, headers, raw body) and connections are counted.
 
-Run it alone for manual tries and the real-client harness:
-    python tests/fake_api.py --port 8765
+Run it alone for manual tries and the real-client harness (`--accept-code` makes one code
+exchangeable again and again, for a static script such as tests/e2e/spec.json):
+    python tests/fake_api.py --port 8765 --accept-code auth_code_e2e
 """
 
 from __future__ import annotations
@@ -277,12 +278,37 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = _handle
 
 
+# RFC 7636's example verifier (its S256 challenge is E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM).
+EXAMPLE_VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+
+
+def accept_code(fake: FakeModelGates, code: str, verifier: str = EXAMPLE_VERIFIER) -> None:
+    """Make `code` exchangeable any number of times with `verifier` (S256). It is issued afresh
+    before each exchange that names it, so every other check (method, verifier) still applies, and
+    a static script can succeed from several clients in turn although real codes are single-use."""
+    challenge = s256(verifier)
+    chained = fake.handler
+
+    def reissue(rec: Recorded) -> Reply | None:
+        if rec.path == fake.prefix + "/auth/keys":
+            with contextlib.suppress(ValueError):
+                if isinstance(body := rec.json, dict) and body.get("code") == code:
+                    with fake._lock:
+                        fake._codes[code] = _Code(challenge, "S256", time.monotonic())
+        return chained(rec) if chained is not None else None
+
+    fake.handler = reissue
+
+
 if __name__ == "__main__":  # pragma: no cover - manual use
     parser = argparse.ArgumentParser(description="A ModelGates stand-in on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--api-key", default="sk-test-key")
+    parser.add_argument("--accept-code", metavar="CODE", help=f"always accept CODE with verifier {EXAMPLE_VERIFIER}")
     args = parser.parse_args()
     with FakeModelGates(api_key=args.api_key, port=args.port) as fake:
+        if args.accept_code:
+            accept_code(fake, args.accept_code)
         print(f"fake ModelGates at {fake.base_url} (key {args.api_key})", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
