@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -41,9 +42,27 @@ def test_readme_carries_the_registry_ownership_line() -> None:
     assert f"<!-- mcp-name: {SERVER_JSON['name']} -->" in readme
 
 
+def _server_info() -> dict[str, str]:
+    """serverInfo as a client sees it: one initialize over stdio, then EOF ends the server."""
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATES_")}
+    out = subprocess.run(
+        server_command(), input=json.dumps(init) + "\n", capture_output=True, text=True, env=env, timeout=30, check=True
+    )
+    info: dict[str, str] = json.loads(out.stdout.splitlines()[0])["result"]["serverInfo"]
+    return info
+
+
 def test_one_version_everywhere() -> None:
     expected = PYPROJECT["project"]["version"]
     cli = subprocess.run([*server_command(), "--version"], capture_output=True, text=True, check=True)
+    server_info = _server_info()
+    assert server_info["name"] == "mcp-modelgates"
     assert {
         "pyproject": expected,
         "installed metadata": version("mcp-modelgates"),
@@ -51,8 +70,18 @@ def test_one_version_everywhere() -> None:
         "server.json": SERVER_JSON["version"],
         "server.json package": SERVER_JSON["packages"][0]["version"],
         "--version": cli.stdout.strip().removeprefix("mcp-modelgates "),
+        "serverInfo": server_info["version"],
     } == dict.fromkeys(
-        ["pyproject", "installed metadata", "__version__", "server.json", "server.json package", "--version"], expected
+        [
+            "pyproject",
+            "installed metadata",
+            "__version__",
+            "server.json",
+            "server.json package",
+            "--version",
+            "serverInfo",
+        ],
+        expected,
     )
 
 
