@@ -204,4 +204,3 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str], version: str 
         max_retries=_retries(retries, r_name) if retries is not None else DEFAULT_MAX_RETRIES,
         log_level=level,
     )
-
