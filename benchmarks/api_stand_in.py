@@ -1,0 +1,136 @@
+"""A fast ModelGates stand-in on 127.0.0.1 for the benchmark, run as its own process.
+
+It answers `POST {prefix}/auth/keys/code` like the API does (a bearer key is required, the body
+must be a JSON object with a `callback_url`) from a bare asyncio protocol, so that its own cost
+stays far below that of the servers being measured. In its own process it takes no GIL from
+the benchmark's client. Every accepted socket gets TCP_NODELAY: without it, Nagle's algorithm
+and delayed ACKs turn each small answer into a ~40 ms wait and the benchmark measures nothing.
+
+It listens on one port per contestant so that connections can be counted per contestant.
+Protocol on its pipes: the first stdout line is `{"ports": [...]}`; then each stdin line
+`stats` is answered with one JSON line of per-port counts, `reset` zeroes them, EOF stops it.
+
+    python benchmarks/api_stand_in.py --listeners 3 --api-key sk-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import itertools
+import json
+import socket
+import sys
+
+PREFIX = "/api/v1"
+_CODES = itertools.count(1)
+
+
+def _response(status: int, reason: str, payload: object) -> bytes:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def _error(status: int, reason: str, message: str) -> bytes:
+    return _response(status, reason, {"error": {"code": status, "message": message, "metadata": None}, "user_id": None})
+
+
+class Counts:
+    def __init__(self, listeners: int) -> None:
+        self.connections = [0] * listeners
+        self.requests = [0] * listeners
+
+    def reset(self) -> None:
+        self.connections = [0] * len(self.connections)
+        self.requests = [0] * len(self.requests)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, counts: Counts, index: int, authorization: str) -> None:
+        self._counts = counts
+        self._index = index
+        self._authorization = authorization
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._counts.connections[self._index] += 1
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while (end := self._buffer.find(b"\r\n\r\n")) >= 0:
+            lines = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length") or 0)
+            if len(self._buffer) < end + 4 + length:
+                return  # the body has not fully arrived yet
+            body = bytes(self._buffer[end + 4 : end + 4 + length])
+            del self._buffer[: end + 4 + length]
+            method, path, _ = lines[0].split(" ", 2)
+            self._counts.requests[self._index] += 1
+            assert self._transport is not None
+            self._transport.write(self._answer(method, path, headers, body))
+            if headers.get("connection", "").lower() == "close":
+                self._transport.close()
+                return
+
+    def _answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        if method != "POST" or path != PREFIX + "/auth/keys/code":
+            return _error(404, "Not Found", "Not found")
+        if headers.get("authorization") != self._authorization:
+            return _error(401, "Unauthorized", "Missing Authentication header")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return _error(400, "Bad Request", "Invalid JSON body")
+        if not isinstance(data, dict) or not isinstance(data.get("callback_url"), str):
+            return _error(400, "Bad Request", "callback_url is required")
+        code = {"id": f"auth_code_{next(_CODES)}", "app_id": 12345, "created_at": "2025-08-24T10:30:00Z"}
+        return _response(200, "OK", {"data": code})
+
+
+async def _serve(listeners: int, api_key: str) -> None:
+    loop = asyncio.get_running_loop()
+    counts = Counts(listeners)
+    servers = []
+    for index in range(listeners):
+        factory = functools.partial(_Connection, counts, index, f"Bearer {api_key}")
+        servers.append(await loop.create_server(factory, "127.0.0.1", 0, backlog=512))
+    ports = [server.sockets[0].getsockname()[1] for server in servers]
+    print(json.dumps({"ports": ports}), flush=True)
+
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        command = line.decode().strip()
+        if command == "reset":
+            counts.reset()
+            print("{}", flush=True)
+        elif command == "stats":
+            print(json.dumps({"connections": counts.connections, "requests": counts.requests}), flush=True)
+    for server in servers:
+        server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listeners", type=int, default=1, help="how many ports to listen on (one per contestant)")
+    parser.add_argument("--api-key", default="sk-bench", help="the bearer key the stand-in accepts")
+    args = parser.parse_args()
+    asyncio.run(_serve(args.listeners, args.api_key))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,460 @@
+"""Benchmark: the installed mcp-modelgates against a bare forwarder on the same stack, over stdio.
+
+Both servers are real child processes spoken to over their stdin/stdout pipes, in one
+interleaved run (each round alternates who goes first, so machine noise falls on both), against
+a fast API stand-in on 127.0.0.1 in its own process (`api_stand_in.py`). The client here is a
+lean JSON-RPC loop rather than the SDK's `ClientSession`, so that what is timed is the servers,
+not the client. Measured:
+
+- cold start: spawn -> initialize handshake -> completed tools/list (median);
+- sequential create_auth_code calls on one session (p50, p99), and the same POST made directly
+  with httpx from this process: the floor of forwarding;
+- 64 calls in flight on one session (median wall time of a burst, and calls/s);
+- the server's peak RSS (VmHWM) and CPU time per sequential call;
+- TCP connections the stand-in accepted for the sequential calls (keep-alive: 1).
+
+    python benchmarks/bench.py             # the full run, about a minute on 2 cores
+    python benchmarks/bench.py --quick     # a few rounds, only to prove it still runs
+    python benchmarks/bench.py --check     # exit 1 when a budget line does not hold
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+API_KEY = "sk-bench-0123456789abcdef"
+PROTOCOL_VERSION = "2025-11-25"  # the handshake era Claude Code and Cursor speak
+ARGUMENTS = {
+    "callback_url": "https://myapp.com/auth/callback",
+    "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+    "code_challenge_method": "S256",
+    "limit": 100.0,
+}
+IN_FLIGHT = 64
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Rounds:
+    cold: int
+    warmup: int
+    sequential: int
+    bursts: int
+
+
+FULL = Rounds(cold=21, warmup=50, sequential=500, bursts=15)
+QUICK = Rounds(cold=2, warmup=5, sequential=20, bursts=2)
+
+
+@dataclass
+class Contestant:
+    name: str
+    argv: list[str]
+    env: dict[str, str]  # the server's environment: the key and the stand-in port it talks to
+    errlog: TextIO  # the server's stderr
+    cold: list[float] = field(default_factory=list)
+    sequential: list[float] = field(default_factory=list)
+    bursts: list[float] = field(default_factory=list)
+    cpu_per_call: float = math.nan
+    peak_rss_kib: int = 0
+    connections: int = 0
+    burst_connections: int = 0
+    request_log_lines: int = 0  # httpx's per-request INFO lines ("HTTP Request: POST ...") on stderr
+
+
+# ---------------------------------------------------------------- the API stand-in
+
+
+class StandIn:
+    """`api_stand_in.py` in its own process, so that it takes no GIL from this client."""
+
+    def __init__(self, listeners: int) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, str(HERE / "api_stand_in.py"), "--listeners", str(listeners), "--api-key", API_KEY],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.ports: list[int] = self._read()["ports"]
+
+    def _read(self) -> dict[str, Any]:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the API stand-in exited")
+        data: dict[str, Any] = json.loads(line)
+        return data
+
+    def _command(self, command: str) -> dict[str, Any]:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(command + "\n")
+        self._proc.stdin.flush()
+        return self._read()
+
+    def reset(self) -> None:
+        self._command("reset")
+
+    def connections(self) -> list[int]:
+        counts: list[int] = self._command("stats")["connections"]
+        return counts
+
+    def base_url(self, listener: int) -> str:
+        return f"http://127.0.0.1:{self.ports[listener]}/api/v1"
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        self._proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- a lean stdio JSON-RPC client
+
+
+class Session:
+    """One server process and a JSON-RPC session on its pipes; requests may be in flight together."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, errlog: TextIO) -> None:
+        self.proc = proc
+        self._errlog = errlog
+        self._next_id = 0
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader = asyncio.create_task(self._read_loop())
+
+    @classmethod
+    async def spawn(cls, argv: list[str], env: dict[str, str], errlog: TextIO) -> Session:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=errlog,
+            env=env,
+            limit=1 << 22,
+        )
+        return cls(proc, errlog)
+
+    async def _read_loop(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            message = json.loads(line)
+            future = self._pending.pop(message.get("id"), None)
+            if future is not None and not future.done():
+                future.set_result(message)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RuntimeError(f"the server exited:\n{self._stderr_tail()}"))
+
+    def _stderr_tail(self) -> str:
+        self._errlog.seek(0)
+        return "".join(self._errlog.readlines()[-20:])
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._next_id += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[self._next_id] = future
+        self._send({"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params})
+        message = await future
+        if "error" in message:
+            raise RuntimeError(f"{method} failed: {message['error']}")
+        result: dict[str, Any] = message["result"]
+        return result
+
+    async def initialize(self) -> None:
+        await self.request(
+            "initialize",
+            {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}},
+        )
+        self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def call(self) -> dict[str, Any]:
+        return await self.request("tools/call", {"name": "create_auth_code", "arguments": ARGUMENTS})
+
+    async def burst(self) -> list[dict[str, Any]]:
+        """IN_FLIGHT calls sent at once on this one session."""
+        return list(await asyncio.gather(*(self.call() for _ in range(IN_FLIGHT))))
+
+    def peak_rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+    async def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        await self._reader
+
+
+def check(result: dict[str, Any]) -> None:
+    """A timed call must be a success, or the benchmark would be timing an error path."""
+    structured = result.get("structuredContent") or {}
+    if result.get("isError") or not str(structured.get("data", {}).get("id", "")).startswith("auth_code_"):
+        raise RuntimeError(f"unexpected tool result: {json.dumps(result)[:500]}")
+
+
+# ---------------------------------------------------------------- the phases
+
+
+def environment(base_url: str, pycache: str) -> dict[str, str]:
+    """The servers' environment. Bytecode caching is on, into a private cache that an untimed first
+    start fills, because an installed server starts from cached bytecode; with
+    PYTHONDONTWRITEBYTECODE set, every start would compile whichever sources changed since the
+    last cache, which measures an editor's work, not a server's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATES_") and k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPYCACHEPREFIX": pycache, "MODELGATES_API_KEY": API_KEY, "MODELGATES_BASE_URL": base_url}
+
+
+def alternate(items: list[T], round_: int) -> list[T]:
+    """Who goes first changes every round, so that neither contestant always follows the other."""
+    return items if round_ % 2 == 0 else items[::-1]
+
+
+async def cold_start(contestant: Contestant) -> float:
+    start = time.perf_counter()
+    session = await Session.spawn(contestant.argv, contestant.env, contestant.errlog)
+    await session.initialize()
+    tools = await session.request("tools/list", {})
+    elapsed = time.perf_counter() - start
+    await session.close()
+    if not any(tool["name"] == "create_auth_code" for tool in tools["tools"]):
+        raise RuntimeError(f"{contestant.name}: create_auth_code is not listed")
+    return elapsed
+
+
+async def cold_starts(contestants: list[Contestant], rounds: int) -> None:
+    for contestant in contestants:
+        await cold_start(contestant)  # untimed: fills the bytecode cache
+    for round_ in range(rounds):
+        for contestant in alternate(contestants, round_):
+            contestant.cold.append(await cold_start(contestant))
+
+
+async def timed(samples: list[float], call: Callable[[], Awaitable[Any]]) -> Any:
+    start = time.perf_counter()
+    result = await call()
+    samples.append(time.perf_counter() - start)
+    return result
+
+
+async def calls(contestants: list[Contestant], stand_in: StandIn, rounds: Rounds) -> list[float]:
+    """The sequential and in-flight phases on one session per contestant; returns the direct httpx samples."""
+    direct: list[float] = []
+    url = stand_in.base_url(len(contestants)) + "/auth/keys/code"  # the port after the contestants' ones
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    body = json.dumps(ARGUMENTS).encode()
+
+    async def post_directly() -> None:
+        response = await http.post(url, content=body, headers=headers)
+        if response.status_code != 200:
+            raise RuntimeError(f"direct POST answered {response.status_code}")
+
+    sessions: list[Session] = []
+    try:
+        for contestant in contestants:
+            session = await Session.spawn(contestant.argv, contestant.env, contestant.errlog)
+            sessions.append(session)
+            await session.initialize()
+        async with httpx.AsyncClient(trust_env=False) as http:
+            pairs = list(zip(contestants, sessions, strict=True))
+            stand_in.reset()
+            for _ in range(rounds.warmup):
+                for _, session in pairs:
+                    check(await session.call())
+                await post_directly()
+            cpu_before = [session.cpu_seconds() for session in sessions]
+            for round_ in range(rounds.sequential):
+                for contestant, session in alternate(pairs, round_):
+                    check(await timed(contestant.sequential, session.call))
+                await timed(direct, post_directly)
+            for (contestant, session), before in zip(pairs, cpu_before, strict=True):
+                contestant.cpu_per_call = (session.cpu_seconds() - before) / rounds.sequential
+            for contestant, count in zip(contestants, stand_in.connections(), strict=False):
+                contestant.connections = count
+
+            stand_in.reset()
+            for round_ in range(rounds.bursts):
+                for contestant, session in alternate(pairs, round_):
+                    for result in await timed(contestant.bursts, session.burst):
+                        check(result)
+            for contestant, count in zip(contestants, stand_in.connections(), strict=False):
+                contestant.burst_connections = count
+        for contestant, session in pairs:
+            contestant.peak_rss_kib = session.peak_rss_kib()
+    finally:
+        for session in sessions:
+            await session.close()
+    return direct
+
+
+# ---------------------------------------------------------------- the report
+
+
+def p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = ", ".join(f"{name} {version(name)}" for name in ("mcp", "httpx", "pydantic"))
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cores} cores ({model}), {system}, Python {platform.python_version()}; {versions}"
+
+
+def report(project: Contestant, floor: Contestant, direct: list[float], rounds: Rounds) -> tuple[str, bool]:
+    """A markdown table with the ratios project / floor and whether each budget line holds."""
+    ms = 1000.0
+
+    def cps(c: Contestant) -> float:
+        return IN_FLIGHT / statistics.median(c.bursts)
+
+    # (metric, project value, floor value, format, budget: (limit, higher is better) or None)
+    rows: list[tuple[str, float, float, str, tuple[float, bool] | None]] = [
+        (f"cold start to tools/list, median of {rounds.cold} (ms)", statistics.median(project.cold) * ms,
+         statistics.median(floor.cold) * ms, "{:.0f}", (1.05, False)),
+        (f"sequential call p50, {rounds.sequential} calls (ms)", statistics.median(project.sequential) * ms,
+         statistics.median(floor.sequential) * ms, "{:.2f}", (1.10, False)),
+        ("sequential call p99 (ms)", p99(project.sequential) * ms, p99(floor.sequential) * ms, "{:.2f}", None),
+        ("server CPU per sequential call (ms)", project.cpu_per_call * ms, floor.cpu_per_call * ms, "{:.2f}", None),
+        (f"{IN_FLIGHT} in flight: wall, median of {rounds.bursts} (ms)", statistics.median(project.bursts) * ms,
+         statistics.median(floor.bursts) * ms, "{:.1f}", None),
+        (f"{IN_FLIGHT} in flight: calls/s", cps(project), cps(floor), "{:.0f}", (0.90, True)),
+        ("peak RSS of the server (MiB)", project.peak_rss_kib / 1024, floor.peak_rss_kib / 1024, "{:.1f}",
+         (1.05, False)),
+    ]  # fmt: skip
+    lines = [
+        f"| | {project.name} | {floor.name} | ratio | budget |",
+        "|---|---:|---:|---:|---|",
+    ]
+    holds = True
+    for metric, mine, theirs, fmt, budget in rows:
+        ratio = mine / theirs if theirs else math.nan
+        verdict = ""
+        if budget is not None:
+            limit, higher_is_better = budget
+            ok = ratio >= limit if higher_is_better else ratio <= limit
+            holds &= ok
+            verdict = f"{'>=' if higher_is_better else '<='} {limit:.2f}x {'ok' if ok else 'MISSED'}"
+        lines.append(f"| {metric} | {fmt.format(mine)} | {fmt.format(theirs)} | {ratio:.2f}x | {verdict} |")
+    keep_alive = project.connections == 1
+    holds &= keep_alive
+    lines.append(
+        f"| TCP connections for {rounds.warmup + rounds.sequential} sequential calls | {project.connections} | "
+        f"{floor.connections} | | 1 {'ok' if keep_alive else 'MISSED'} |"
+    )
+    lines.append(
+        f"| TCP connections for {rounds.bursts} bursts of {IN_FLIGHT} | {project.burst_connections} | "
+        f"{floor.burst_connections} | | |"
+    )
+    quiet = project.request_log_lines == 0
+    holds &= quiet
+    lines.append(
+        f"| httpx per-request log lines on the server's stderr | {project.request_log_lines} | "
+        f"{floor.request_log_lines} | | 0 {'ok' if quiet else 'MISSED'} |"
+    )
+    lines.append(
+        f"| direct httpx POST from the client, p50 / p99 (ms) | {statistics.median(direct) * ms:.2f} / "
+        f"{p99(direct) * ms:.2f} | | | the floor of forwarding |"
+    )
+    return "\n".join(lines), holds
+
+
+def find_project() -> list[str]:
+    script = shutil.which("mcp-modelgates", path=str(Path(sys.executable).parent)) or shutil.which("mcp-modelgates")
+    if script is None:
+        sys.exit("bench.py: the mcp-modelgates console script is not installed (pip install -e .)")
+    return [script]
+
+
+async def run(rounds: Rounds) -> tuple[str, bool]:
+    # One stand-in port per contestant (so connections are counted apart); the last one serves
+    # the direct httpx POSTs.
+    stand_in = StandIn(listeners=3)
+    try:
+        with contextlib.ExitStack() as stack:
+            pycache = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pycache-"))
+
+            def contestant(name: str, argv: list[str], port: int) -> Contestant:
+                # Appended to, so that reading it never moves where the server writes.
+                errlog = stack.enter_context(tempfile.TemporaryFile("a+"))
+                return Contestant(name, argv, environment(stand_in.base_url(port), pycache), errlog)
+
+            contestants = [
+                contestant("mcp-modelgates", find_project(), 0),
+                contestant("minimal forwarder", [sys.executable, str(HERE / "minimal_forwarder.py")], 1),
+            ]
+            print(f"cold starts: 1 untimed + {rounds.cold} rounds ...", file=sys.stderr, flush=True)
+            await cold_starts(contestants, rounds.cold)
+            print(
+                f"calls: {rounds.warmup} warm-up + {rounds.sequential} sequential, {rounds.bursts} bursts "
+                f"of {IN_FLIGHT} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            direct = await calls(contestants, stand_in, rounds)
+            for c in contestants:
+                c.errlog.seek(0)
+                c.request_log_lines = sum("HTTP Request:" in line for line in c.errlog)
+    finally:
+        stand_in.close()
+    return report(contestants[0], contestants[1], direct, rounds)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few rounds only: proves the benchmark runs")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a budget line does not hold")
+    args = parser.parse_args()
+    rounds = QUICK if args.quick else FULL
+    table, holds = asyncio.run(run(rounds))
+    print(f"Machine: {machine()}")
+    print()
+    print(table)
+    print()
+    print("Budget " + ("holds." if holds else "MISSED."))
+    return 1 if args.check and not holds else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

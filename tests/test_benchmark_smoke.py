@@ -1,0 +1,28 @@
+"""The benchmark in quick mode, so that the README's test command proves it still runs.
+
+Only that it completes and prints its table: timings on a shared CI machine prove nothing, so
+nothing here asserts on them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_benchmark_runs_in_quick_mode_and_prints_its_table() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("Machine: ")
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| | mcp-modelgates | minimal forwarder | ratio | budget |"
+    for metric in ("cold start", "sequential call p50", "in flight: calls/s", "peak RSS", "TCP connections"):
+        assert any(metric in row for row in rows), metric
+    assert "Budget " in out.stdout
