@@ -75,6 +75,7 @@ def test_sdist_holds_the_sources_and_tests_but_nothing_installed_or_built(dist: 
     with tarfile.open(dist["sdist"]) as sdist:
         names = [n.split("/", 1)[1] for n in sdist.getnames() if "/" in n]
     needed = ["pyproject.toml", "README.md", "LICENSE", "server.json", "mcp_modelgates/py.typed", "tests/fake_api.py"]
+    needed += ["scripts/cursor_link.py", "tests/e2e/package-lock.json"]
     assert [n for n in needed if n not in names] == []
     unwanted = [n for n in names if re.search(r"(^|/)(node_modules|\.venv|__pycache__|\.mypy_cache|dist)(/|$)", n)]
     assert unwanted == []
