@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import logging
 import os
 import shutil
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,28 @@ ClientFactory = Callable[..., AbstractAsyncContextManager[Client]]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _log_everything_to_catch_key_leaks(caplog: pytest.LogCaptureFixture) -> None:
+    """Every test runs with all loggers at DEBUG (httpx and httpcore too), so that the check in
+    `pytest_runtest_makereport` below sees every line the code could log."""
+    for name in (None, "httpx", "httpcore", "mcp_modelgates"):
+        caplog.set_level(logging.DEBUG, logger=name)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Fail any test whose captured logs, stdout or stderr hold the configured test key."""
+    report: pytest.TestReport = yield
+    # Sections accumulate over setup, call and teardown: judge each phase on its own output.
+    leaked = [title for title, content in report.sections if title.endswith(report.when) and API_KEY in content]
+    if leaked and not report.failed:
+        report.outcome = "failed"
+        report.longrepr = f"the configured API key appeared in: {', '.join(leaked)}"
+    return report
 
 
 @pytest.fixture
@@ -73,6 +101,79 @@ def stdio_params(env: dict[str, str], args: list[str] | None = None) -> StdioSer
     command, *rest = server_command()
     base = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATES_")}
     return StdioServerParameters(command=command, args=[*rest, *(args or [])], env={**base, **env})
+
+
+@dataclasses.dataclass
+class StdioRun:
+    stdout_lines: list[bytes]
+    stderr: bytes
+    returncode: int
+    seconds_to_exit: float  # from closing stdin (or SIGTERM) to the process ending
+
+
+def run_stdio(
+    payload: bytes,
+    env: dict[str, str],
+    answers: set[int],
+    *,
+    timeout: float = 30.0,
+    stop: str = "eof",
+    before_stop: Callable[[], None] | None = None,
+) -> StdioRun:
+    """Write `payload` to the console script, wait until every id in `answers` has a reply on stdout
+    (and `before_stop` has returned), then stop it (`stop`: "eof" closes stdin, "sigterm" sends
+    SIGTERM). Both output pipes are drained by threads, so a chatty DEBUG log never blocks it."""
+    proc = subprocess.Popen(
+        server_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    lines: list[bytes] = []
+    err = bytearray()
+    changed = threading.Condition()
+
+    def answered() -> set[int]:
+        ids = set()
+        for line in lines:
+            with contextlib.suppress(ValueError, AttributeError):
+                ids.add(json.loads(line).get("id"))
+        return ids
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with changed:
+                lines.append(line)
+                changed.notify_all()
+
+    readers = [
+        threading.Thread(target=read_stdout, daemon=True),
+        threading.Thread(target=lambda: err.extend(proc.stderr.read() if proc.stderr else b""), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        proc.stdin.write(payload)
+        proc.stdin.flush()
+        with changed:
+            changed.wait_for(lambda: answers <= answered(), timeout)
+        if before_stop is not None:
+            before_stop()
+        started = time.monotonic()
+        if stop == "eof":
+            proc.stdin.close()
+        else:
+            proc.terminate()
+        returncode = proc.wait(timeout=10)
+        seconds = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for reader in readers:
+        reader.join(timeout=5)
+    missing = answers - answered()
+    assert not missing, f"no answer on stdout for ids {sorted(missing)}; stderr tail: {bytes(err[-2000:])!r}"
+    return StdioRun(lines, bytes(err), returncode, seconds)
 
 
 def wire(result: Any) -> Any:

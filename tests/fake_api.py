@@ -20,6 +20,7 @@ import hashlib
 import json
 import secrets
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -47,8 +48,9 @@ class Recorded:
 @dataclass
 class Reply:
     """A scripted answer. `action` other than "respond": "reset" (close without answering),
-    "truncate" (promise more body than is sent, then close), "stream" (send `stream_bytes`
-    of body in chunks)."""
+    "truncate" (promise more body than is sent, then close), "reset_mid_body" (send half of the
+    body, then reset the connection), "stream" (send `stream_bytes` of body in chunks; with
+    `chunked`, without a Content-Length, so that only the reader can enforce a size cap)."""
 
     status: int = 200
     json: Any = None
@@ -57,6 +59,7 @@ class Reply:
     delay: float = 0.0
     action: str = "respond"
     stream_bytes: int = 0
+    chunked: bool = False
     path: str | None = None  # only for requests to this path; None: any
 
 
@@ -78,7 +81,12 @@ def error_body(code: int, message: str) -> dict[str, Any]:
 
 class FakeModelGates:
     def __init__(
-        self, api_key: str = "sk-test-key", code_ttl: float = 600.0, prefix: str = "/api/v1", port: int = 0
+        self,
+        api_key: str = "sk-test-key",
+        code_ttl: float = 600.0,
+        prefix: str = "/api/v1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.api_key = api_key
         self.code_ttl = code_ttl
@@ -91,6 +99,10 @@ class FakeModelGates:
         self.handler: Callable[[Recorded], Reply | None] | None = None
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.fake = self
+        self.scheme = "http"
+        if ssl_context is not None:  # HTTPS: the handshake runs on accept
+            self._server.socket = ssl_context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-modelgates", daemon=True
         )
@@ -116,7 +128,7 @@ class FakeModelGates:
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -232,10 +244,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.delay:
             time.sleep(reply.delay)
         if reply.action == "reset":
-            self.close_connection = True
-            sock = self.connection
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            sock.close()
+            self._reset()
             return
         body = (
             reply.body
@@ -249,18 +258,30 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in reply.headers.items():
             self.send_header(k, v)
         if reply.action == "stream":
-            self.send_header("Content-Length", str(reply.stream_bytes))
+            self.send_header(
+                *(("Transfer-Encoding", "chunked") if reply.chunked else ("Content-Length", str(reply.stream_bytes)))
+            )
             self.end_headers()
             chunk = b"x" * 65536
             sent = 0
             try:
                 while sent < reply.stream_bytes:
                     n = min(len(chunk), reply.stream_bytes - sent)
-                    self.wfile.write(chunk[:n])
+                    self.wfile.write(b"%x\r\n%s\r\n" % (n, chunk[:n]) if reply.chunked else chunk[:n])
                     sent += n
+                if reply.chunked:
+                    self.wfile.write(b"0\r\n\r\n")
             except OSError:
                 pass  # the client stopped reading, as it should
             self.close_connection = True
+            return
+        if reply.action == "reset_mid_body":
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            time.sleep(0.05)  # let the client start reading the body before the reset
+            self._reset()
             return
         if reply.action == "truncate":
             self.send_header("Content-Length", str(len(body) + 100))
@@ -269,9 +290,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        self.send_header("Content-Length", str(len(body)))
+        if not any(k.lower() == "content-length" for k in reply.headers):  # a test may claim another length
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _reset(self) -> None:
+        """Close with a TCP reset (SO_LINGER 0) instead of an orderly shutdown."""
+        self.close_connection = True
+        sock = self.connection
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
 
     do_POST = _handle
     do_GET = _handle
