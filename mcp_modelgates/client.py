@@ -15,11 +15,13 @@ import logging
 import random
 import re
 import socket
+import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -37,7 +39,8 @@ RETRY_WAIT_CAP = 10.0  # seconds; the most one Retry-After or backoff wait may t
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]+")
+# ASCII digits only: str.isdigit() also accepts "²", which float() refuses.
+_SECONDS = re.compile(r"[0-9]+")
 
 RESTART = "Start the flow again: generate_pkce, then create_auth_code or the authorization URL, then exchange."
 _HINTS: Mapping[tuple[str, int], str] = {
@@ -65,11 +68,20 @@ class _TooLarge(Exception):
     pass
 
 
-def excerpt(raw: bytes | str, limit: int = EXCERPT_CHARS) -> str:
-    """A short, printable, single-line excerpt of an upstream body (no control or ANSI sequences)."""
+def _same(text: str) -> str:
+    return text
+
+
+def excerpt(raw: bytes | str, limit: int = EXCERPT_CHARS, redact: Callable[[str], str] = _same) -> str:
+    """A short, printable, single-line excerpt of an upstream body (no control or ANSI sequences).
+
+    `redact` runs before cleaning, so that the cut cannot leave half a secret behind, and again
+    after, because removing an escape sequence can join the pieces of one.
+    """
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    text = _UNPRINTABLE.sub(" ", _ANSI.sub("", text))
-    text = " ".join(text.split())
+    # Not only C0/C1 controls: bidi overrides, zero-width and unassigned code points go too.
+    text = "".join(ch if ch.isprintable() else " " for ch in _ANSI.sub("", redact(text)))
+    text = redact(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -80,7 +92,7 @@ def _reason(status: int) -> str:
         return str(status)
 
 
-def _api_message(raw: bytes) -> str | None:
+def _api_message(raw: bytes, redact: Callable[[str], str]) -> str | None:
     """`error.message (error code N)` from a documented error body, or None for any other shape."""
     try:
         data = json.loads(raw)
@@ -89,7 +101,7 @@ def _api_message(raw: bytes) -> str | None:
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict) or not isinstance(error.get("message"), str):
         return None
-    message = excerpt(error["message"])
+    message = excerpt(error["message"], redact=redact)
     code = error.get("code")
     return f"{message} (error code {code})" if isinstance(code, int) and not isinstance(code, bool) else message
 
@@ -98,20 +110,39 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _SECONDS.fullmatch(value):
+        return float(value)  # a huge value becomes inf, then the cap
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _connect_failure(exc: BaseException, host: str, connect_timeout: float) -> str:
     if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
         return f"Timed out after {connect_timeout:g} s connecting to ModelGates at {host}."
+    tls = _tls_failure(exc)
+    if tls is not None:
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            reason = f"certificate verification failed: {tls.verify_message}"
+        else:
+            reason = str(tls.reason or type(tls).__name__)
+        return (
+            f"The TLS handshake with ModelGates at {host} failed ({excerpt(reason, 120)}); "
+            "certificates are always verified."
+        )
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, socket.gaierror) or "name resolution" in str(seen) or "not known" in str(seen):
@@ -120,6 +151,19 @@ def _connect_failure(exc: BaseException, host: str, connect_timeout: float) -> s
             return f"Could not connect to ModelGates at {host}: connection refused."
         seen = seen.__cause__ or seen.__context__
     return f"Could not connect to ModelGates at {host}."
+
+
+_LOCATION = "mcp_modelgates.location"
+
+
+async def _set_location_aside(response: httpx.Response) -> None:
+    """Move Location out of httpx's sight: it parses the header to prepare a redirect even when not
+    following one, and a hostile value (a bad port, an invalid IDNA label) raises from deep inside
+    that. The value is put back for the error message once the response is ours."""
+    location = response.headers.get("location")
+    if location is not None:
+        del response.headers["location"]
+        response.extensions[_LOCATION] = location
 
 
 class ModelGatesClient:
@@ -142,7 +186,12 @@ class ModelGatesClient:
         if self._http is None:
             # No redirects: the Authorization header must never follow one to another host.
             # TLS verification stays at httpx's default (on); there is no switch to turn it off.
-            self._http = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, trust_env=False)
+            self._http = httpx.AsyncClient(
+                timeout=self._timeout,
+                follow_redirects=False,
+                trust_env=False,
+                event_hooks={"response": [_set_location_aside]},
+            )
         return self._http
 
     async def aclose(self) -> None:
@@ -191,9 +240,10 @@ class ModelGatesClient:
                 status, resp_headers, raw = await self._send(url, content, headers)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The request never left this process: safe to send again for every operation.
+                # A certificate that failed verification will fail the same way again, though.
                 state["maybe_sent"] = False
                 failure = _connect_failure(exc, host, settings.connect_timeout)
-                retry_wait = self._backoff(attempt)
+                retry_wait = None if _tls_failure(exc) else self._backoff(attempt)
             except httpx.TimeoutException:
                 failure = f"ModelGates at {host} did not answer within {settings.timeout:g} s."
                 if not op.resend_safe:
@@ -232,6 +282,8 @@ class ModelGatesClient:
         http = self._client()
         async with http.stream("POST", url, content=content, headers=headers) as resp:
             status = resp.status_code
+            if _LOCATION in resp.extensions:
+                resp.headers["location"] = resp.extensions[_LOCATION]
             cap = MAX_BODY_BYTES if 200 <= status < 300 else ERROR_BODY_BYTES
             length = resp.headers.get("content-length", "")
             if 200 <= status < 300 and length.isdigit() and int(length) > cap:
@@ -248,18 +300,19 @@ class ModelGatesClient:
     def _status_failure(self, op: Operation, status: int, headers: httpx.Headers, raw: bytes) -> str:
         host = self._settings.host
         if 300 <= status < 400:
-            target = headers.get("location", "")
-            target_host = httpx.URL(target).host if target else ""
-            where = f" to {target_host}" if target_host else ""
+            where = _redirect_target(headers.get("location", ""))
             return (
                 f"ModelGates at {host} answered HTTP {_reason(status)}, a redirect{where}; redirects are not "
                 "followed (the API key must not go elsewhere). Check MODELGATES_BASE_URL."
             )
-        api_message = _api_message(raw)
+        redact = self._settings.redact
+        api_message = _api_message(raw, redact)
         if api_message is not None:
             text = f"ModelGates answered HTTP {_reason(status)}: {api_message}."
         elif raw.strip():
-            text = f"ModelGates answered HTTP {_reason(status)} with an unexpected body: {excerpt(raw)!r}."
+            text = (
+                f"ModelGates answered HTTP {_reason(status)} with an unexpected body: {excerpt(raw, redact=redact)!r}."
+            )
         else:
             text = f"ModelGates answered HTTP {_reason(status)} with an empty body."
         hint = _HINTS.get((op.path, status))
@@ -278,10 +331,15 @@ class ModelGatesClient:
             return op.response.model_validate_json(raw)
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False)
+            if op.secret_response:
+                # A success body of this operation may hold a live key: never quote it (errors are logged).
+                quoted = f" ({len(raw)} bytes, not quoted: it may hold the new key)"
+            else:
+                quoted = f": {excerpt(raw, redact=self._settings.redact)!r}"
             if any(e["type"] in ("json_invalid", "json_type") for e in errors) or not raw.strip():
-                detail = f"a body that is not JSON: {excerpt(raw)!r}" if raw.strip() else "an empty body"
+                detail = f"a body that is not JSON{quoted}" if raw.strip() else "an empty body"
             elif any(not e["loc"] for e in errors):
-                detail = f"JSON that is not an object: {excerpt(raw)!r}"
+                detail = f"JSON that is not an object{quoted}"
             else:
                 detail = "a body that does not match the API contract: " + "; ".join(
                     _field_problem(e) for e in errors[:5]
@@ -289,6 +347,19 @@ class ModelGatesClient:
             raise ApiError(
                 self._settings.redact(f"ModelGates at {host} answered HTTP {_reason(status)} with {detail}.")
             ) from None
+
+
+def _redirect_target(location: str) -> str:
+    """` to <host[:port]>` of a Location header, parsed leniently: a hostile value is only described."""
+    try:
+        parts = urlsplit(location.strip())
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return " to an unparsable location"
+    if not host:
+        return " to another path on the same host" if location.strip() else ""
+    return " to " + excerpt(f"{host}:{port}" if port is not None else host, 100)
 
 
 def _field_problem(error: Any) -> str:

@@ -244,10 +244,16 @@ class CreateAuthCodeRequest(RequestModel):
     ) = MISSING
 
 
+# An answer's strings end up in the result text a user reads: no terminal escapes from upstream.
+PrintableStr = Annotated[str, AfterValidator(_no_control)]
+
+
 class AuthCode(ResponseModel):
-    id: str = Field(description="The authorization code.", examples=["auth_code_xyz789"])
+    id: PrintableStr = Field(description="The authorization code.", examples=["auth_code_xyz789"])
     app_id: int = Field(description="The ModelGates app the code belongs to.", examples=[12345])
-    created_at: str = Field(description="When the code was created (ISO 8601).", examples=["2025-08-24T10:30:00Z"])
+    created_at: PrintableStr = Field(
+        description="When the code was created (ISO 8601).", examples=["2025-08-24T10:30:00Z"]
+    )
 
 
 class CreateAuthCodeResponse(ResponseModel):
@@ -298,8 +304,8 @@ class ExchangeAuthCodeRequest(RequestModel):
 
 
 class ExchangeAuthCodeResponse(ResponseModel):
-    key: str = Field(description="The new user-controlled API key (a live secret, sk-...).")
-    user_id: str | None = Field(description="The ModelGates user the key belongs to, when known.")
+    key: PrintableStr = Field(description="The new user-controlled API key (a live secret, sk-...).")
+    user_id: PrintableStr | None = Field(description="The ModelGates user the key belongs to, when known.")
 
 
 # ---------------------------------------------------------------- PKCE helper (no network)
@@ -349,11 +355,19 @@ class Operation:
     # Whether a request that may have reached the server can be sent again. An authorization
     # code is single-use: a re-sent exchange can turn a success into a 403.
     resend_safe: bool
+    # Whether a success body holds a secret (the new key), so that no error text may quote it.
+    secret_response: bool = False
 
 
 CREATE_AUTH_CODE = Operation(
     "POST", "/auth/keys/code", CreateAuthCodeRequest, CreateAuthCodeResponse, requires_key=True, resend_safe=True
 )
 EXCHANGE_AUTH_CODE = Operation(
-    "POST", "/auth/keys", ExchangeAuthCodeRequest, ExchangeAuthCodeResponse, requires_key=False, resend_safe=False
+    "POST",
+    "/auth/keys",
+    ExchangeAuthCodeRequest,
+    ExchangeAuthCodeResponse,
+    requires_key=False,
+    resend_safe=False,
+    secret_response=True,
 )
