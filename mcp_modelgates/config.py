@@ -82,6 +82,9 @@ def is_loopback(host: str) -> bool:
 def check_base_url(value: str, setting: str = "MODELGATES_BASE_URL") -> str:
     """An absolute https URL (http only to loopback), without credentials, query or fragment."""
     url = value.strip()
+    if not _HEADER_SAFE.fullmatch(url):
+        # urlsplit silently drops tabs and newlines, so the URL checked would not be the one used.
+        raise ConfigError(f"{setting} must be visible ASCII, without spaces or control characters, got {value!r}")
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""

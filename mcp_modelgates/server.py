@@ -26,7 +26,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
 
 from mcp_modelgates import __version__, pkce
-from mcp_modelgates.client import ApiError, ModelGatesClient
+from mcp_modelgates.client import ApiError, ModelGatesClient, excerpt
 from mcp_modelgates.config import ConfigError, Settings, load_settings
 from mcp_modelgates.models import (
     CREATE_AUTH_CODE,
@@ -123,7 +123,8 @@ def describe_invalid(tool: str, request: type[RequestModel], exc: ValidationErro
     problems: list[str] = []
     allowed = ", ".join(request.model_fields)
     for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"]) or "arguments"
+        # An unknown argument's name comes from the caller: keep it short and printable.
+        where = ".".join(excerpt(str(part), 64) for part in error["loc"]) or "arguments"
         kind = error["type"]
         if kind == "extra_forbidden":
             problems.append(f"{where}: unknown argument (accepted: {allowed})")
