@@ -12,7 +12,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NoReturn
 from urllib.parse import urlsplit
 
@@ -41,14 +41,6 @@ class Settings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
     log_level: str = "INFO"
-    # The secret forms of the key that `redact` masks; derived, not configured.
-    _secrets: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.api_key is not None:
-            raw = self.api_key.get_secret_value()
-            token = raw.removeprefix("Bearer ").strip()
-            object.__setattr__(self, "_secrets", tuple(sorted({raw, token}, key=len, reverse=True)))
 
     @property
     def host(self) -> str:
@@ -63,8 +55,14 @@ class Settings:
         return raw if raw.startswith("Bearer ") else f"Bearer {raw}"
 
     def redact(self, text: str) -> str:
-        """Mask every occurrence of the configured key (an upstream may echo it back)."""
-        for secret in self._secrets:
+        """Mask every occurrence of the configured key (an upstream may echo it back).
+
+        The plain forms are derived here on each call rather than kept in a field, so that
+        `dataclasses.asdict(settings)` or `vars(settings)` cannot reveal them."""
+        if self.api_key is None:
+            return text
+        raw = self.api_key.get_secret_value()
+        for secret in sorted({raw, raw.removeprefix("Bearer ").strip()}, key=len, reverse=True):
             if secret:
                 text = text.replace(secret, "***")
         return text

@@ -329,7 +329,11 @@ class _RedactingFilter(logging.Filter):
         record.msg = self._settings.redact(record.getMessage())
         record.args = None
         if record.exc_info and not record.exc_text:
-            record.exc_text = self._settings.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:  # also when another handler formatted it first
+            record.exc_text = self._settings.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._settings.redact(record.stack_info)
         return True
 
 

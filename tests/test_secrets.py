@@ -1,0 +1,238 @@
+"""No secret ever leaks: the configured key (anywhere) and a newly exchanged key (outside its result).
+
+Every test in the suite already runs at DEBUG with a hook in tests/conftest.py that fails it if
+the configured key shows up in its captured logs, stdout or stderr. The tests here add the
+hostile cases: an upstream that echoes the Authorization header back, cut or disguised, and a
+real stdio subprocess at DEBUG driven through many error scenarios.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from mcp_modelgates.client import ApiError, ModelGatesClient
+from mcp_modelgates.config import Settings
+from mcp_modelgates.server import _RedactingFilter
+from tests.conftest import API_KEY, ClientFactory, run_stdio, stdio_params
+from tests.fake_api import FakeModelGates, Recorded, Reply, error_body
+
+CALLBACK = "https://myapp.com/auth/callback"
+VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+AUTH_CODE = {"id": "auth_code_xyz789", "app_id": 12345, "created_at": "2025-08-24T10:30:00Z"}
+CREATE = ("create_auth_code", {"callback_url": CALLBACK})
+EXCHANGE = ("exchange_auth_code", {"code": "auth_code_1", "code_verifier": VERIFIER, "code_challenge_method": "S256"})
+# Pieces of the key that must not survive either: a cut or a disguise must not leave it readable.
+KEY_PIECES = (API_KEY, API_KEY[:12], API_KEY[-12:])
+
+
+def _text(result: Any) -> str:
+    return str(result.content[0].text)
+
+
+def _assert_no_key(*texts: str) -> None:
+    for text in texts:
+        for piece in KEY_PIECES:
+            assert piece not in text, f"{piece!r} leaked in {text[:300]!r}"
+
+
+def _echo(make_body: Any, status: int = 401) -> Any:
+    """A stand-in handler that answers with the Authorization header it received, as `make_body` puts it."""
+
+    def handler(rec: Recorded) -> Reply:
+        echoed = make_body(rec.headers.get("authorization", ""))
+        if isinstance(echoed, bytes):
+            return Reply(status, body=echoed, headers={"Content-Type": "text/plain"})
+        return Reply(status, echoed)
+
+    return handler
+
+
+ECHOES = {
+    "json-message": _echo(lambda auth: error_body(401, f"Bad Authorization header: {auth}")),
+    "html-body": _echo(lambda auth: f"<html><pre>Authorization: {auth}</pre></html>".encode(), 502),
+    # the excerpt is cut at 200 characters, inside the key: the part before the cut must not show
+    "straddling-the-excerpt-cut": _echo(lambda auth: ("x" * 175 + " " + auth).encode(), 500),
+    "message-straddling-the-cut": _echo(lambda auth: error_body(400, "y" * 175 + " " + auth)),
+    # removing the escape sequence would otherwise join the two halves back into the key
+    "split-by-an-ansi-escape": _echo(lambda auth: f"denied: {auth[:16]}\x1b[0m{auth[16:]}".encode(), 403),
+    "split-by-an-ansi-escape-at-the-cut": _echo(
+        lambda auth: ("x" * 175 + f" {auth[:16]}\x1b[0m{auth[16:]}").encode(), 403
+    ),
+    # "ESC [" makes the key's first letter the end of an escape sequence: the tail alone is left
+    "escape-eating-the-first-character": _echo(
+        lambda auth: f"denied \x1b[{auth.removeprefix('Bearer ')}".encode(), 403
+    ),
+    "bare-token": _echo(lambda auth: auth.removeprefix("Bearer ").encode(), 400),
+    "success-body-not-json": _echo(lambda auth: f"ok {auth}".encode(), 200),
+    "success-body-wrong-shape": _echo(lambda auth: {"data": {"id": auth, "app_id": "x"}}, 200),
+    "success-with-the-key-as-the-code": _echo(
+        lambda auth: {"data": {**AUTH_CODE, "id": auth.removeprefix("Bearer ")}}, 200
+    ),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("echo", list(ECHOES))
+async def test_an_upstream_echoing_the_key_back_is_redacted_in_results_and_logs(
+    fake: FakeModelGates, connect: ClientFactory, caplog: pytest.LogCaptureFixture, echo: str
+) -> None:
+    fake.handler = ECHOES[echo]
+    async with connect(max_retries=0) as client:
+        results = [await client.call_tool(*CREATE), await client.call_tool(*EXCHANGE)]
+    assert len(fake.requests) == 2 and fake.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
+    for result in results:
+        _assert_no_key(_text(result), json.dumps(result.structured_content))
+    if "does not match the API contract" not in _text(results[0]):  # else no part of the body is quoted
+        assert "***" in _text(results[0])  # the echo is still visible as such, only masked
+    _assert_no_key(caplog.text, *(r.getMessage() for r in caplog.records))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("prefixed", [False, True], ids=["raw", "bearer-prefixed"])
+async def test_the_key_is_masked_whether_configured_with_or_without_bearer(
+    fake: FakeModelGates, connect: ClientFactory, prefixed: bool
+) -> None:
+    fake.handler = ECHOES["json-message"]
+    key = SecretStr(f"Bearer {API_KEY}" if prefixed else API_KEY)
+    async with connect(api_key=key, max_retries=0) as client:
+        result = await client.call_tool(*CREATE)
+    assert fake.requests[0].headers["authorization"] == f"Bearer {API_KEY}"  # never "Bearer Bearer"
+    _assert_no_key(_text(result))
+
+
+def test_the_key_cannot_print_by_accident(settings: Settings) -> None:
+    assert isinstance(settings.api_key, SecretStr)
+    client = ModelGatesClient(settings, "ua")
+    for shown in (
+        repr(settings),
+        str(settings),
+        str(dataclasses.asdict(settings)),
+        str(vars(settings)),
+        f"{settings.api_key}",
+        repr(client),
+        str(ApiError(settings.redact(f"upstream said {API_KEY}"))),
+    ):
+        _assert_no_key(shown)
+
+
+@pytest.mark.anyio
+async def test_an_exchanged_key_goes_only_into_the_result(
+    fake: FakeModelGates, connect: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    new_key = "sk-mg-v1-0123456789abcdef0123456789abcdef"
+    fake.reply(200, {"key": new_key, "user_id": "user_2abc"})
+    # a malformed success body that still holds a key: it must not be quoted in the error either
+    fake.reply(200, body=f'{{"key": "{new_key}", "user_id": '.encode())
+    fake.reply(200, {"key": new_key, "user_id": None}, action="truncate")
+    async with connect() as client:
+        ok = await client.call_tool(*EXCHANGE)
+        broken = [await client.call_tool(*EXCHANGE), await client.call_tool(*EXCHANGE)]
+    assert ok.structured_content == {"key": new_key, "user_id": "user_2abc"} and new_key in _text(ok)
+    for result in broken:
+        assert result.is_error is True and new_key not in _text(result) and "sk-mg-v1-" not in _text(result)
+    assert new_key not in caplog.text and "sk-mg-v1-" not in caplog.text
+    assert caplog.records, "nothing was logged at DEBUG, so this test proves nothing"
+
+
+def test_the_log_filter_masks_messages_arguments_tracebacks_and_stacks(settings: Settings) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(_RedactingFilter(settings))
+    logger = logging.getLogger("tests.secrets.filter")
+    logger.addHandler(handler)
+    logger.propagate = False  # keep the raw key out of pytest's own log capture
+    try:
+        logger.warning("key in the message %s", "Bearer " + API_KEY)
+        try:
+            raise RuntimeError(f"the upstream echoed {API_KEY}")
+        except RuntimeError:
+            logger.exception("failed")
+        logger.info("with a stack", stack_info=True, extra={"unused": API_KEY})
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    output = stream.getvalue()
+    assert "RuntimeError: the upstream echoed ***" in output and "Bearer ***" in output
+    _assert_no_key(output)
+
+
+def _rpc(id_: int, method: str, params: dict[str, Any]) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params})
+
+
+def test_stdio_at_debug_through_many_failures_never_logs_a_key_and_stdout_stays_json_rpc(
+    fake: FakeModelGates,
+) -> None:
+    """One server process at MODELGATES_LOG_LEVEL=DEBUG, one call per scenario, answered in order."""
+    new_key = "sk-mg-v1-fedcba9876543210fedcba9876543210"
+    scenarios: list[tuple[tuple[str, dict[str, Any]], Reply | None]] = [
+        (CREATE, Reply(200, {"data": AUTH_CODE})),
+        (EXCHANGE, Reply(200, {"key": new_key, "user_id": "user_2abc"})),
+        (EXCHANGE, Reply(200, body=f'{{"key":"{new_key}"'.encode())),  # cut short: must not be quoted
+        (CREATE, Reply(401, error_body(401, "Missing Authentication header"))),
+        (CREATE, Reply(400, error_body(400, f"Bad header Bearer {API_KEY}"))),
+        (CREATE, Reply(502, body=f"<html>\x1b[31m{API_KEY}\x1b[0m bad gateway</html>".encode())),
+        (CREATE, Reply(500, body=("z" * 190 + API_KEY).encode())),
+        (EXCHANGE, Reply(503, body=b"")),
+        (EXCHANGE, Reply(action="reset")),
+        (EXCHANGE, Reply(200, {"key": new_key, "user_id": None}, action="truncate")),
+        (CREATE, Reply(302, body=b"", headers={"Location": f"https://evil.example/steal?k={API_KEY}"})),
+        (CREATE, Reply(200, {"data": {**AUTH_CODE, "id": API_KEY}})),
+        (CREATE, Reply(200, body=b"\x00\x1b[2J\xff\xfe not json")),
+        (CREATE, Reply(200, action="stream", stream_bytes=3 * 1000 * 1000)),
+        (("exchange_auth_code", {"code": f"https://app/cb?code={API_KEY}"}), None),  # refused locally
+        (("create_auth_code", {"callback_url": "javascript:alert(1)", "limit": -1}), None),
+        (("generate_pkce", {"callback_url": "http://localhost:3000/cb"}), None),
+    ]
+    for (name, _), reply in scenarios:
+        if reply is not None:
+            # Calls run concurrently, so route each scripted reply by path to a call of its own tool.
+            path = "/auth/keys/code" if name == "create_auth_code" else "/auth/keys"
+            fake.reply(**{**dataclasses.asdict(reply), "path": path})
+    init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    lines = [_rpc(1, "initialize", init), json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})]
+    ids = [10 + i for i in range(len(scenarios))]
+    lines += [
+        _rpc(id_, "tools/call", {"name": name, "arguments": args})
+        for id_, ((name, args), _) in zip(ids, scenarios, strict=True)
+    ]
+    env = stdio_params(
+        {
+            "MODELGATES_API_KEY": API_KEY,
+            "MODELGATES_BASE_URL": fake.base_url,
+            "MODELGATES_LOG_LEVEL": "DEBUG",
+            "MODELGATES_MAX_RETRIES": "0",
+        }
+    ).env
+    run = run_stdio(("\n".join(lines) + "\n").encode(), env, answers={1, *ids})
+    stdout, stderr = run.stdout_lines, run.stderr
+    assert run.returncode == 0
+    messages = [json.loads(line) for line in stdout]  # every stdout line is one JSON-RPC message
+    assert all(m.get("jsonrpc") == "2.0" for m in messages)
+    err = stderr.decode("utf-8", "replace")
+    out = b"".join(stdout).decode()
+    _assert_no_key(err, out)
+    assert new_key not in err and "sk-mg-v1-" not in err  # the exchanged key is never logged...
+    assert out.count(new_key) >= 1  # ...but does reach the client in its result
+    assert "DEBUG" in err and "httpcore" in err  # the debug level really was on
+
+
+def test_httpx_and_httpcore_do_not_log_request_lines_at_the_default_level(fake: FakeModelGates) -> None:
+    fake.reply(200, {"data": AUTH_CODE})
+    init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    lines = [_rpc(1, "initialize", init), _rpc(2, "tools/call", {"name": CREATE[0], "arguments": CREATE[1]})]
+    env = stdio_params({"MODELGATES_API_KEY": API_KEY, "MODELGATES_BASE_URL": fake.base_url}).env
+    run = run_stdio(("\n".join(lines) + "\n").encode(), env, answers={1, 2})
+    assert run.returncode == 0 and len(fake.requests) == 1
+    err = run.stderr.decode()
+    assert "serving on stdio" in err  # INFO lines of the server itself do appear
+    assert "HTTP Request" not in err and "httpx" not in err and "httpcore" not in err
+    assert "/auth/keys/code" not in err
