@@ -20,15 +20,18 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
 from pydantic import ValidationError
 
 from mcp_modelgates.config import Settings
 from mcp_modelgates.models import Operation, RequestModel, ResponseModel
+
+if TYPE_CHECKING:
+    # Imported where first used instead: start-up up to the first tools/list does not need httpx.
+    import httpx
 
 logger = logging.getLogger("mcp_modelgates")
 
@@ -131,6 +134,8 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
 
 
 def _connect_failure(exc: BaseException, host: str, connect_timeout: float) -> str:
+    import httpx
+
     if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
         return f"Timed out after {connect_timeout:g} s connecting to ModelGates at {host}."
     tls = _tls_failure(exc)
@@ -180,14 +185,17 @@ class ModelGatesClient:
         }
         auth = settings.authorization
         self._auth_headers = {**self._headers, "Authorization": auth} if auth else self._headers
-        self._timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout, pool=settings.connect_timeout)
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
+            import httpx
+
+            settings = self._settings
+            timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout, pool=settings.connect_timeout)
             # No redirects: the Authorization header must never follow one to another host.
             # TLS verification stays at httpx's default (on); there is no switch to turn it off.
             self._http = httpx.AsyncClient(
-                timeout=self._timeout,
+                timeout=timeout,
                 follow_redirects=False,
                 trust_env=False,
                 event_hooks={"response": [_set_location_aside]},
@@ -229,6 +237,8 @@ class ModelGatesClient:
         headers: Mapping[str, str],
         state: dict[str, bool],
     ) -> ResponseModel:
+        import httpx
+
         settings = self._settings
         deadline = time.monotonic() + settings.timeout
         attempt = 0
