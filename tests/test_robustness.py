@@ -657,3 +657,17 @@ def test_stopping_with_many_calls_in_flight_is_prompt_and_clean(fake: FakeModelG
     assert b"Traceback" not in run.stderr and b"Error" not in run.stderr, run.stderr[-2000:]
     for line in run.stdout_lines:
         assert json.loads(line)["jsonrpc"] == "2.0"
+
+
+def test_the_readme_states_the_limits_the_code_uses() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = " ".join(readme.split("## Errors and retries", 1)[1].split("\n## ", 1)[0].split())  # unwrapped
+    assert sorted(client_module.RETRY_STATUSES) == [429, 502, 503, 504] and "429, 502, 503 and 504" in section
+    assert client_module.RETRY_WAIT_CAP == 10.0 and "at most 10 s" in section and "capped at 10 s" in section
+    assert client_module.MAX_BODY_BYTES == MIB and "larger than 1 MiB" in section
+    assert client_module.ERROR_BODY_BYTES == 8 * 1024 and "first 8 KiB" in section
+    assert client_module.EXCERPT_CHARS == 200 and "at most 200 characters" in section
+    defaults = Settings()
+    assert (defaults.max_retries, defaults.connect_timeout, defaults.timeout) == (2, 10.0, 30.0)
+    assert "(default 2," in section and "`MODELGATES_CONNECT_TIMEOUT` (10 s)" in section
+    assert "`MODELGATES_TIMEOUT` (30 s)" in section
