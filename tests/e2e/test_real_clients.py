@@ -5,7 +5,7 @@ Claude Code are pinned in package.json + package-lock.json here and installed on
 node_modules/, with the Node 22 they need (the npm package `node`), whatever Node the machine has.
 The server talks to the in-process ModelGates stand-in on 127.0.0.1. spec.json says what every
 client must see; it also drives ../shared/realclients/run_real_clients.sh. Where npm is missing,
-every test here is skipped with one reason; any other install failure fails them.
+this module is skipped, with one line in the summary; any other install failure fails its tests.
 """
 
 from __future__ import annotations
@@ -30,6 +30,12 @@ import pytest
 from tests.conftest import API_KEY, ROOT, server_command
 from tests.fake_api import FakeModelGates, accept_code
 
+if shutil.which("npm") is None:  # one skip for the whole module: one line in the summary
+    pytest.skip(
+        "npm not found: real-client e2e tests (Inspector, TypeScript SDK, Claude Code) not run",
+        allow_module_level=True,
+    )
+
 E2E = Path(__file__).resolve().parent
 BIN = E2E / "node_modules" / ".bin"
 STAMP = E2E / "node_modules" / ".installed-from"
@@ -47,8 +53,7 @@ def _pins_digest() -> str:
 def node_bin() -> Path:
     """tests/e2e/node_modules/.bin, installed from the lock file unless already installed from it."""
     npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm not found: real-client e2e tests (Inspector, TypeScript SDK, Claude Code) not run")
+    assert npm is not None
     digest = _pins_digest()
     # Another pytest run in this tree may be installing at the same moment.
     lock_file = Path(tempfile.gettempdir()) / f"mcp-modelgates-e2e-{hashlib.sha256(bytes(E2E)).hexdigest()[:12]}.lock"
