@@ -13,7 +13,7 @@ not the client. Measured:
 - the server's peak RSS (VmHWM) and CPU time per sequential call;
 - TCP connections the stand-in accepted for the sequential calls (keep-alive: 1).
 
-    python benchmarks/bench.py             # the full run, about a minute on 2 cores
+    python benchmarks/bench.py             # the full run, about 40 s on 2 cores
     python benchmarks/bench.py --quick     # a few rounds, only to prove it still runs
     python benchmarks/bench.py --check     # exit 1 when a budget line does not hold
 """
