@@ -247,7 +247,7 @@ class ModelGatesClient:
             failure: str
             try:
                 state["maybe_sent"] = True
-                status, resp_headers, raw = await self._send(url, content, headers)
+                status, resp_headers, raw = await self._send(op.method, url, content, headers)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The request never left this process: safe to send again for every operation.
                 # A certificate that failed verification will fail the same way again, though.
@@ -288,9 +288,11 @@ class ModelGatesClient:
         wait: float = min(RETRY_WAIT_CAP, self._backoff_base * 2**attempt)
         return wait * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
 
-    async def _send(self, url: str, content: bytes, headers: Mapping[str, str]) -> tuple[int, httpx.Headers, bytes]:
+    async def _send(
+        self, method: str, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> tuple[int, httpx.Headers, bytes]:
         http = self._client()
-        async with http.stream("POST", url, content=content, headers=headers) as resp:
+        async with http.stream(method, url, content=content, headers=headers) as resp:
             status = resp.status_code
             if _LOCATION in resp.extensions:
                 resp.headers["location"] = resp.extensions[_LOCATION]
