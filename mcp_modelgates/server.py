@@ -230,7 +230,7 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5) -> Server[Any
     async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         spec = tools.get(params.name)
         if spec is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {excerpt(params.name, 64)!r}")
         try:
             request = spec.request.model_validate(params.arguments or {})
         except ValidationError as exc:
@@ -269,7 +269,7 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5) -> Server[Any
 
     async def on_get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
         if params.name != PROMPT_NAME:
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {excerpt(params.name, 64)!r}")
         callback_url = (params.arguments or {}).get("callback_url")
         if callback_url is None:
             raise MCPError(code=types.INVALID_PARAMS, message=f"{PROMPT_NAME}: callback_url: required")

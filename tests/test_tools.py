@@ -270,5 +270,13 @@ async def test_unknown_tool_is_a_protocol_error(connect: ClientFactory) -> None:
     from mcp.shared.exceptions import MCPError
 
     async with connect() as client:
-        with pytest.raises(MCPError, match="Unknown tool"):
+        with pytest.raises(MCPError, match="Unknown tool: 'delete_everything'"):
             await client.call_tool("delete_everything", {})
+        # a caller-chosen name is echoed only as a short, printable excerpt
+        with pytest.raises(MCPError) as tool_info:
+            await client.call_tool("\x1b[2J" + "x" * 5000, {})
+        with pytest.raises(MCPError) as prompt_info:
+            await client.get_prompt("\x1b]0;pwned\x07" + "y" * 5000, {})
+    for info in (tool_info, prompt_info):
+        message = str(info.value)
+        assert "\x1b" not in message and "\x07" not in message and len(message) < 200, message
