@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
@@ -41,6 +42,7 @@ class Settings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
     log_level: str = "INFO"
+    workspace: str | None = None  # where connect_account may write a dotenv file
 
     @property
     def host(self) -> str:
@@ -121,6 +123,16 @@ def _retries(value: str, setting: str) -> int:
     return count
 
 
+def _workspace(value: str, setting: str) -> str:
+    """An existing folder; where inside it a file may go is checked per call (keystore.py)."""
+    if any(ch in value for ch in "\x00\r\n"):
+        raise ConfigError(f"{setting} must be a folder path without control characters")
+    path = Path(value.strip()).expanduser()
+    if not path.is_absolute() or not path.is_dir():
+        raise ConfigError(f"{setting} must be the absolute path of an existing folder, got {value!r}")
+    return str(path)
+
+
 def _api_key(value: str | None) -> SecretStr | None:
     if value is None or not value.strip():
         return None
@@ -147,7 +159,7 @@ def build_parser(version: str) -> argparse.ArgumentParser:
         ),
         epilog=(
             "Environment: MODELGATES_API_KEY, MODELGATES_BASE_URL, MODELGATES_TIMEOUT, "
-            "MODELGATES_CONNECT_TIMEOUT, MODELGATES_MAX_RETRIES, MODELGATES_LOG_LEVEL. "
+            "MODELGATES_CONNECT_TIMEOUT, MODELGATES_MAX_RETRIES, MODELGATES_LOG_LEVEL, MODELGATES_WORKSPACE. "
             "Flags override the environment."
         ),
     )
@@ -166,6 +178,13 @@ def build_parser(version: str) -> argparse.ArgumentParser:
         help=(
             "retries after a connection failure or a busy API "
             f"(env MODELGATES_MAX_RETRIES, default {DEFAULT_MAX_RETRIES}; 0 disables)"
+        ),
+    )
+    parser.add_argument(
+        "--workspace",
+        help=(
+            "folder where connect_account may write the key's dotenv file (env MODELGATES_WORKSPACE; "
+            "default: the client's first root, else the working directory)"
         ),
     )
     parser.add_argument(
@@ -191,6 +210,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str], version: str 
     timeout, t_name = pick(args.timeout, "MODELGATES_TIMEOUT")
     connect, c_name = pick(args.connect_timeout, "MODELGATES_CONNECT_TIMEOUT")
     retries, r_name = pick(args.max_retries, "MODELGATES_MAX_RETRIES")
+    workspace, w_name = pick(args.workspace, "MODELGATES_WORKSPACE")
     level = args.log_level or (environ.get("MODELGATES_LOG_LEVEL") or "INFO").strip().upper()
     if level not in LOG_LEVELS:
         raise ConfigError(f"MODELGATES_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
@@ -204,4 +224,5 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str], version: str 
         connect_timeout=min(connect_s, total),
         max_retries=_retries(retries, r_name) if retries is not None else DEFAULT_MAX_RETRIES,
         log_level=level,
+        workspace=_workspace(workspace, w_name) if workspace is not None else None,
     )

@@ -371,3 +371,90 @@ EXCHANGE_AUTH_CODE = Operation(
     resend_safe=False,
     secret_response=True,
 )
+
+
+# ---------------------------------------------------------------- connect_account (local flow)
+
+ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+MAX_CONNECT_TIMEOUT = 600.0
+ConnectStatus = Literal["connected", "waiting_for_approval", "cancelled", "expired", "failed"]
+
+
+class ConnectAccountRequest(RequestModel):
+    store: Annotated[
+        Literal["env_file", "keyring"],
+        Field(
+            description=(
+                "Where the new key goes: env_file (default; a dotenv file in the workspace) or keyring "
+                "(the OS keyring, service mcp-modelgates; needs the mcp-modelgates[keyring] extra)."
+            )
+        ),
+    ] = "env_file"
+    env_file: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=1024,
+            description=(
+                "The dotenv file to write (.env, .env.* or *.env), relative to the workspace and inside it. "
+                "Used with store env_file."
+            ),
+            examples=[".env"],
+        ),
+        AfterValidator(_no_control),
+    ] = ".env"
+    env_var: Annotated[
+        str,
+        Field(
+            pattern=ENV_VAR_PATTERN,
+            max_length=128,
+            description="The variable (or keyring entry) that receives the key.",
+            examples=["MODELGATES_API_KEY"],
+        ),
+    ] = "MODELGATES_API_KEY"
+    flow_id: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=64,
+                pattern=r"^[A-Za-z0-9_-]+$",
+                description=(
+                    "Continue a flow an earlier call started (it returned waiting_for_approval and this id): "
+                    "returns its outcome, waiting up to timeout while it is still open."
+                ),
+            ),
+        ]
+        | MISSING
+    ) = MISSING
+    timeout: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=MAX_CONNECT_TIMEOUT,
+            allow_inf_nan=False,
+            description="Seconds to wait for the user's approval in the browser (default 300, at most 600).",
+        ),
+    ] = 300.0
+
+
+class ConnectAccountResult(BaseModel):
+    status: ConnectStatus = Field(
+        description=(
+            "connected (key stored), waiting_for_approval (show authorization_url to the user, then call "
+            "again with flow_id), cancelled (declined), expired (no approval in time) or failed (see error)."
+        )
+    )
+    env_var: str = Field(description="The variable (or keyring entry) that receives the key.")
+    saved_to: str = Field(description="Absolute path of the dotenv file, or keyring:<service>/<name>.")
+    key_preview: str | MISSING = Field(
+        default=MISSING, description="When connected: at most the key's last 4 characters, e.g. sk-…a1b2."
+    )
+    user_id: str | MISSING | None = Field(default=MISSING, description="When connected: the key's ModelGates user.")
+    authorization_url: str | MISSING = Field(
+        default=MISSING, description="When waiting_for_approval: the page the user opens to approve."
+    )
+    flow_id: str | MISSING = Field(
+        default=MISSING, description="When waiting_for_approval: pass it to a later connect_account call."
+    )
+    error: str | MISSING = Field(default=MISSING, description="When failed, cancelled or expired: what happened.")

@@ -9,6 +9,7 @@ the configured key.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -25,15 +26,19 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
 
-from mcp_modelgates import __version__, pkce
+from mcp_modelgates import __version__, account, pkce
 from mcp_modelgates.client import ApiError, ModelGatesClient, excerpt
 from mcp_modelgates.config import ConfigError, Settings, load_settings
+from mcp_modelgates.connect import ConnectError, Flows
 from mcp_modelgates.models import (
     CREATE_AUTH_CODE,
     DATETIME_PATTERN,
+    ENV_VAR_PATTERN,
     EXCHANGE_AUTH_CODE,
     PKCE_PATTERN,
     UUID_PATTERN,
+    ConnectAccountRequest,
+    ConnectAccountResult,
     CreateAuthCodeRequest,
     CreateAuthCodeResponse,
     ExchangeAuthCodeRequest,
@@ -83,6 +88,7 @@ _PATTERN_TEXT = {
     PKCE_PATTERN: "must be 43-128 characters of A-Z a-z 0-9 - . _ ~ (RFC 7636)",
     DATETIME_PATTERN: "must be an RFC 3339 date-time with seconds and an offset, e.g. 2027-12-31T23:59:59Z",
     UUID_PATTERN: "must be a UUID, e.g. 3fa85f64-5717-4562-b3fc-2c963f66afa6",
+    ENV_VAR_PATTERN: "must be a variable name: letters, digits and _, not starting with a digit",
 }
 
 
@@ -92,7 +98,7 @@ class ToolSpec:
 
     definition: types.Tool
     request: type[RequestModel]
-    run: Callable[[Any], Awaitable[tuple[BaseModel, str]]]
+    run: Callable[[Any, Any], Awaitable[tuple[BaseModel, str]]]  # (validated request, request context)
 
 
 def _annotations(title: str, *, read_only: bool, open_world: bool) -> types.ToolAnnotations:
@@ -150,11 +156,15 @@ def _redact_tree(value: Any, settings: Settings) -> Any:
     return value
 
 
-def build_server(settings: Settings, *, backoff_base: float = 0.5) -> Server[Any]:
-    """The whole MCP server for these settings; nothing here touches the network."""
-    api = ModelGatesClient(settings, f"{SERVER_NAME}/{__version__}", backoff_base=backoff_base)
+def build_server(settings: Settings, *, backoff_base: float = 0.5, connect: bool = True) -> Server[Any]:
+    """The whole MCP server for these settings; nothing here touches the network.
 
-    async def create_auth_code(request: CreateAuthCodeRequest) -> tuple[BaseModel, str]:
+    `connect=False` leaves out connect_account, whose listener only makes sense on the user's own
+    machine (a transport not bound to loopback passes it)."""
+    api = ModelGatesClient(settings, f"{SERVER_NAME}/{__version__}", backoff_base=backoff_base)
+    flows = Flows(api, settings.base_url)
+
+    async def create_auth_code(request: CreateAuthCodeRequest, ctx: Any) -> tuple[BaseModel, str]:
         answer = await api.call(CREATE_AUTH_CODE, request)
         assert isinstance(answer, CreateAuthCodeResponse)
         code = answer.data
@@ -163,7 +173,7 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5) -> Server[Any
             "After the user approves, call exchange_auth_code within 10 minutes."
         )
 
-    async def exchange_auth_code(request: ExchangeAuthCodeRequest) -> tuple[BaseModel, str]:
+    async def exchange_auth_code(request: ExchangeAuthCodeRequest, ctx: Any) -> tuple[BaseModel, str]:
         answer = await api.call(EXCHANGE_AUTH_CODE, request)
         assert isinstance(answer, ExchangeAuthCodeResponse)
         owner = f" for user {answer.user_id}" if answer.user_id is not None else ""
@@ -172,7 +182,7 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5) -> Server[Any
             "Show it to the user once; it cannot be retrieved again."
         )
 
-    async def generate_pkce(request: GeneratePkceRequest) -> tuple[BaseModel, str]:
+    async def generate_pkce(request: GeneratePkceRequest, ctx: Any) -> tuple[BaseModel, str]:
         callback = request.callback_url if isinstance(request.callback_url, str) else None
         pair = pkce.generate(settings.base_url, request.code_challenge_method, callback)
         text = (
@@ -221,6 +231,8 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5) -> Server[Any
             exchange_auth_code,
         ),
     ]
+    if connect:
+        specs.append(_connect_spec(flows, settings))
     tools: Mapping[str, ToolSpec] = {spec.definition.name: spec for spec in specs}
     tool_list = types.ListToolsResult(tools=[spec.definition for spec in specs])
 
@@ -236,8 +248,8 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5) -> Server[Any
         except ValidationError as exc:
             return _error(describe_invalid(params.name, spec.request, exc))
         try:
-            result, text = await spec.run(request)
-        except ApiError as exc:
+            result, text = await spec.run(request, ctx)
+        except (ApiError, ConnectError) as exc:
             message = settings.redact(str(exc))
             logger.warning("%s failed: %s", params.name, message)
             return _error(message)
@@ -296,7 +308,8 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5) -> Server[Any
     @asynccontextmanager
     async def lifespan(_: Server[Any]) -> AsyncIterator[dict[str, Any]]:
         try:
-            yield {}
+            async with flows.running():  # leaving it closes every listener, before any exit
+                yield {}
         finally:
             with anyio.CancelScope(shield=True):
                 await api.aclose()
@@ -311,6 +324,24 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5) -> Server[Any
         on_call_tool=on_call_tool,
         on_list_prompts=on_list_prompts,
         on_get_prompt=on_get_prompt,
+    )
+
+
+def _connect_spec(flows: Flows, settings: Settings) -> ToolSpec:
+    async def run(request: ConnectAccountRequest, ctx: Any) -> tuple[BaseModel, str]:
+        return await account.connect_account(flows, settings, request, ctx)
+
+    return ToolSpec(
+        _definition(
+            "connect_account",
+            "Connect a ModelGates account",
+            account.DESCRIPTION,
+            ConnectAccountRequest,
+            ConnectAccountResult,
+            local=False,
+        ),
+        ConnectAccountRequest,
+        run,
     )
 
 
@@ -372,20 +403,34 @@ async def serve_stdio(server: Server[Any]) -> None:
         tg.cancel_scope.cancel()
 
 
+def with_stored_key(settings: Settings, environ: Mapping[str, str]) -> tuple[Settings, str]:
+    """The key from MODELGATES_API_KEY, else the keyring entry connect_account saved (the keyring
+    package is imported only then); and a description of where it came from, never the key."""
+    if settings.api_key is not None:
+        return settings, "from MODELGATES_API_KEY"
+    from mcp_modelgates import keystore
+
+    stored = keystore.read_keyring_key()
+    if stored is None:
+        return settings, "NOT set (create_auth_code will refuse)"
+    try:
+        key = load_settings([], {"MODELGATES_API_KEY": stored}).api_key
+    except ConfigError:
+        return settings, "NOT set (the keyring entry is not a usable key)"
+    entry = f"keyring:{keystore.KEYRING_SERVICE}/MODELGATES_API_KEY"
+    return dataclasses.replace(settings, api_key=key), f"from the OS keyring ({entry})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ, __version__)
     except ConfigError as exc:
         print(f"mcp-modelgates: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings)
+    settings, source = with_stored_key(settings, os.environ)
+    configure_logging(settings)  # after the key is known, so that the log masks it
     server = build_server(settings)
-    logger.info(
-        "mcp-modelgates %s serving on stdio; API %s; key %s",
-        __version__,
-        settings.base_url,
-        "set" if settings.api_key is not None else "NOT set (create_auth_code will refuse)",
-    )
+    logger.info("mcp-modelgates %s serving on stdio; API %s; key %s", __version__, settings.base_url, source)
     with suppress(KeyboardInterrupt):
         anyio.run(serve_stdio, server)
     return 0

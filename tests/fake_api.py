@@ -1,6 +1,7 @@
 """A real HTTP server on 127.0.0.1 standing in for the ModelGates API in tests and benchmarks.
 
-By default it behaves like ModelGates for the two PKCE operations: `POST /auth/keys/code` issues
+By default it behaves like ModelGates for the two PKCE operations and the approval page (`GET /auth`
+on the origin approves at once and redirects to the callback with a code): `POST /auth/keys/code` issues
 a code bound to its challenge (requires a bearer key), `POST /auth/keys` checks the verifier
 against that challenge, and codes are single-use and expire after `code_ttl` seconds. Tests can
 queue scripted answers (`reply`) that take precedence, in order, over that behaviour. Every
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 KEY_PREFIX = "sk-mg-v1-"
 
@@ -168,6 +170,8 @@ class FakeModelGates:
         return self._default(rec)
 
     def _default(self, rec: Recorded) -> Reply:
+        if rec.method == "GET" and urlsplit(rec.path).path == "/auth":
+            return self._approve(rec)
         if rec.method != "POST":
             return Reply(405, error_body(405, "Method not allowed"))
         try:
@@ -207,6 +211,16 @@ class FakeModelGates:
                 entry.used = True
             return Reply(200, {"key": KEY_PREFIX + secrets.token_hex(16), "user_id": "user_2abc"})
         return Reply(404, error_body(404, "Not found"))
+
+    def _approve(self, rec: Recorded) -> Reply:
+        """The approval page, approved at once: 302 to callback_url with a code bound to the challenge."""
+        query = parse_qs(urlsplit(rec.path).query)
+        callback = query.get("callback_url", [""])[0]
+        if not callback:
+            return Reply(400, error_body(400, "callback_url is required"))
+        code = self.issue_code(query.get("code_challenge", [None])[0], query.get("code_challenge_method", ["S256"])[0])
+        joiner = "&" if urlsplit(callback).query else "?"
+        return Reply(302, headers={"Location": f"{callback}{joiner}{urlencode({'code': code})}"})
 
 
 class _Server(ThreadingHTTPServer):
