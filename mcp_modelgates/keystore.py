@@ -175,7 +175,7 @@ def _plan_env_file(env_file: str, env_var: str, workspace: Path | None) -> Desti
         resolved = target.resolve()  # follows every symlink, including a dangling one at the end
     except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long...
         raise StoreError(f"env_file: {_show(env_file)} cannot be resolved ({exc})") from None
-    if not _inside(resolved, folder) or resolved == folder:
+    if not _inside(resolved, folder):
         via = " through a symlink" if _inside(Path(os.path.normpath(target)), folder) else ""
         raise StoreError(
             f"env_file: {_show(env_file)} resolves{via} to {_show(resolved)}, outside the workspace {_show(folder)}; "
@@ -187,7 +187,8 @@ def _plan_env_file(env_file: str, env_var: str, workspace: Path | None) -> Desti
         )
     parent = resolved.parent
     if not parent.is_dir():
-        raise StoreError(f"env_file: the folder {_show(parent)} does not exist; create it first or choose another path")
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise StoreError(f"env_file: the folder {_show(parent)} {what}; create it first or choose another path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise StoreError(f"env_file: the folder {_show(parent)} is not writable")
     if resolved.exists() or resolved.is_symlink():
@@ -387,7 +388,7 @@ def _recheck(destination: Destination, path: Path, dir_fd: int) -> None:
         same_folder = os.path.samestat(os.fstat(dir_fd), os.stat(path.parent))
     except (OSError, RuntimeError):
         now, same_folder = path.parent, False
-    if now != path or not same_folder or not _inside(path, workspace.resolve()):
+    if now != path or not same_folder or not _inside(path, workspace.resolve()) or not _is_dotenv_name(path.name):
         raise StoreError(
             f"env_file: {_show(path)} changed since the flow started (a symlink now leads elsewhere); "
             "nothing was written"

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import keyring
@@ -206,7 +205,7 @@ REFUSALS = [
     ("symlink_to_non_dotenv_inside", "not a dotenv file name"),
     ("directory", "is a folder"),
     ("missing_parent", "does not exist"),
-    ("parent_is_file", "does not exist"),
+    ("parent_is_file", "is not a folder"),
     ("fifo", "not a regular file"),
     ("workspace_itself", "not a dotenv file name"),
     ("config.json", "not a dotenv file name"),
@@ -552,7 +551,6 @@ def test_importing_the_module_does_not_import_keyring() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_stray_keyring_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_stray_keyring_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """The user's own keyring choice must not leak into these tests."""
     monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
-    yield
