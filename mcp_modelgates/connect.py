@@ -114,7 +114,9 @@ class CallbackListener:
                     return
             # Silent, oversized or malformed: drop it without blocking anyone.
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
+            pass  # the other side went away
+        except Exception as exc:  # a bug here must not take the flow (or the server) down
+            logger.warning("callback listener: %s while answering a request", type(exc).__name__)
         finally:
             self.active -= 1
             with anyio.CancelScope(shield=True):
@@ -263,7 +265,12 @@ class Flows:
                 flow.deadline = anyio.current_time() + flow.timeout
                 logger.info("connect flow %s: listening on %s:%d", flow.flow_id[:6], LOOPBACK, listener.port)
                 task_status.started()
-                await self._wait(flow, listener, verifier)
+                try:
+                    await self._wait(flow, listener, verifier)
+                except Exception as exc:  # a bug must end this flow only, never the server's task group
+                    logger.error("connect flow %s: %s", flow.flow_id[:6], type(exc).__name__)
+                    flow.outcome = Outcome("failed", "The server failed internally; see its log.")
+                    listener.answer(500, _page("Not connected", flow.outcome.detail))
                 # Let the browser read its page before the socket goes.
                 with anyio.move_on_after(2):
                     if listener.callback is not None:
@@ -312,6 +319,6 @@ class Flows:
             await anyio.to_thread.run_sync(keystore.save, flow.destination, answer.key)
         except keystore.StoreError as exc:
             return Outcome("failed", f"The key was issued but could not be stored: {exc}")
-        except OSError as exc:
-            return Outcome("failed", f"The key was issued but could not be stored: {type(exc).__name__}.")
+        except Exception as exc:  # the message of an unknown error might quote the key: only its type
+            return Outcome("failed", f"The key was issued but could not be stored ({type(exc).__name__}).")
         return Outcome("connected", "", key_preview(answer.key), answer.user_id)

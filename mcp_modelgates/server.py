@@ -53,14 +53,25 @@ logger = logging.getLogger("mcp_modelgates")
 
 SERVER_NAME = "mcp-modelgates"
 
-INSTRUCTIONS = """\
-Connects a ModelGates account with the OAuth PKCE flow:
+CONNECT_INSTRUCTIONS = """\
+To connect the user's own account, call connect_account: it opens the approval page (or returns an
+authorization_url to show when the client cannot open it; then call again with the flow_id), receives
+the browser's redirect itself and saves the new key to .env in the workspace (store env_file) or the
+OS keyring (store keyring). The key never appears in the conversation: do not ask the user for it.
+For an app with its own callback URL, the manual flow:
+"""
+
+MANUAL_STEPS = """\
 1. generate_pkce (pass callback_url) -> a code_verifier, its code_challenge and an authorization_url.
 2. The user opens authorization_url and approves (or call create_auth_code with the challenge).
 3. The browser lands on callback_url?code=...; ask the user for the value of `code`.
 4. exchange_auth_code with that code, the code_verifier and the same code_challenge_method,
    within 10 minutes. The result holds the new API key: show it to the user once, never store it
    anywhere else. A code works once; after a 403, start again at step 1."""
+
+_LEAD = "Connects a ModelGates account with the OAuth PKCE flow"
+INSTRUCTIONS = f"{_LEAD}.\n{CONNECT_INSTRUCTIONS}{MANUAL_STEPS}"
+MANUAL_INSTRUCTIONS = f"{_LEAD}:\n{MANUAL_STEPS}"  # without connect_account (connect=False)
 
 CREATE_DESCRIPTION = """\
 Create a ModelGates authorization code for the OAuth PKCE flow (POST /auth/keys/code), so that a \
@@ -83,6 +94,14 @@ authorization_url the user opens to approve. Keep the code_verifier for exchange
 the code_challenge to create_auth_code or use the authorization_url."""
 
 PROMPT_NAME = "connect_modelgates_account"
+
+CONNECT_PROMPT = """\
+Connect my ModelGates account.
+1. Call connect_account (it saves the new key to .env in my workspace; use store "keyring" if I ask \
+for the OS keyring). I approve on the page it opens.
+2. If it answers waiting_for_approval, show me the authorization_url to open, then call connect_account \
+again with the flow_id it gave.
+3. Tell me where the key was saved and its preview. Never ask me for the key or show it."""
 
 _PATTERN_TEXT = {
     PKCE_PATTERN: "must be 43-128 characters of A-Z a-z 0-9 - . _ ~ (RFC 7636)",
@@ -266,12 +285,18 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5, connect: bool
     prompt = types.Prompt(
         name=PROMPT_NAME,
         title="Connect a ModelGates account",
-        description="Walk the user through connecting a ModelGates account with the PKCE tools.",
+        description=(
+            "Connect a ModelGates account: in one step with connect_account, or, given your app's "
+            "callback_url, with the manual PKCE tools."
+        ),
         arguments=[
             types.PromptArgument(
                 name="callback_url",
-                description="Where the browser returns after approval, e.g. http://localhost:3000/callback",
-                required=True,
+                description=(
+                    "Optional: your app's own callback, e.g. http://localhost:3000/callback, for the manual "
+                    "flow. Leave it out to let this server receive the callback and save the key."
+                ),
+                required=not connect,
             )
         ],
     )
@@ -284,14 +309,16 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5, connect: bool
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {excerpt(params.name, 64)!r}")
         callback_url = (params.arguments or {}).get("callback_url")
         if callback_url is None:
-            raise MCPError(code=types.INVALID_PARAMS, message=f"{PROMPT_NAME}: callback_url: required")
+            if not connect:
+                raise MCPError(code=types.INVALID_PARAMS, message=f"{PROMPT_NAME}: callback_url: required")
+            return _prompt_result(CONNECT_PROMPT)
         try:
             checked = GeneratePkceRequest.model_validate({"callback_url": callback_url})
         except ValidationError as exc:
             raise MCPError(
                 code=types.INVALID_PARAMS, message=describe_invalid(PROMPT_NAME, GeneratePkceRequest, exc)
             ) from None
-        text = (
+        return _prompt_result(
             f"Connect my ModelGates account. Use callback_url {checked.callback_url}.\n"
             "1. Call generate_pkce with that callback_url.\n"
             "2. Show me the authorization_url to open; I will approve and then paste the `code` value "
@@ -299,10 +326,6 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5, connect: bool
             "3. Call exchange_auth_code with that code, the code_verifier from step 1 and "
             "code_challenge_method S256. Do this within 10 minutes of approval.\n"
             "4. Show me the new API key once. If the exchange fails with 403, start again at step 1."
-        )
-        return types.GetPromptResult(
-            description="Connect a ModelGates account with OAuth PKCE",
-            messages=[types.PromptMessage(role="user", content=types.TextContent(type="text", text=text))],
         )
 
     @asynccontextmanager
@@ -318,12 +341,19 @@ def build_server(settings: Settings, *, backoff_base: float = 0.5, connect: bool
         SERVER_NAME,
         version=__version__,
         title="ModelGates",
-        instructions=INSTRUCTIONS,
+        instructions=INSTRUCTIONS if connect else MANUAL_INSTRUCTIONS,
         lifespan=lifespan,
         on_list_tools=on_list_tools,
         on_call_tool=on_call_tool,
         on_list_prompts=on_list_prompts,
         on_get_prompt=on_get_prompt,
+    )
+
+
+def _prompt_result(text: str) -> types.GetPromptResult:
+    return types.GetPromptResult(
+        description="Connect a ModelGates account with OAuth PKCE",
+        messages=[types.PromptMessage(role="user", content=types.TextContent(type="text", text=text))],
     )
 
 

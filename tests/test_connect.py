@@ -637,3 +637,41 @@ def test_shutdown_mid_flow_closes_the_listener(fake: FakeModelGates, workspace: 
     assert f"listening on 127.0.0.1:{port}".encode() in run.stderr  # it was open before the stop
     assert b"listener closed" in run.stderr
     assert fake.requests == []
+
+
+async def test_a_key_that_cannot_be_stored_fails_the_flow_and_says_so(
+    fake: FakeModelGates, ws_settings: Settings, workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen = Seen()
+    async with session(ws_settings, "legacy", seen) as client:
+        waiting = seen.add(await client.call_tool("connect_account", {}))["structuredContent"]
+        await anyio.Path(workspace / ".env").mkdir()  # the destination turned into a folder meanwhile
+        page = await browse(waiting["authorization_url"])
+        done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
+    assert done["structuredContent"]["status"] == "failed"
+    assert "issued but could not be stored" in done["structuredContent"]["error"]
+    assert "could not be stored" in page.text
+    assert [r.method for r in fake.requests] == ["GET", "POST"]
+    assert KEY_PREFIX not in seen.text() + caplog.text + page.text
+
+
+async def test_the_prompt_and_instructions_lead_with_connect_account_only_when_it_is_there(
+    settings: Settings, mode: str
+) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    from mcp_modelgates.server import INSTRUCTIONS, MANUAL_INSTRUCTIONS, PROMPT_NAME
+
+    assert INSTRUCTIONS.index("connect_account") < INSTRUCTIONS.index("generate_pkce")
+    assert "connect_account" not in MANUAL_INSTRUCTIONS and "exchange_auth_code" in MANUAL_INSTRUCTIONS
+    async with Client(build_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+        prompt = await client.get_prompt(PROMPT_NAME, {})
+        text = prompt.messages[0].content.text  # type: ignore[union-attr]
+        assert text.index("connect_account") < text.index("flow_id") and "Never ask me for the key" in text
+        manual = await client.get_prompt(PROMPT_NAME, {"callback_url": "http://localhost:3000/callback"})
+        assert "generate_pkce" in manual.messages[0].content.text  # type: ignore[union-attr]
+    async with Client(build_server(settings, connect=False), mode=mode) as client:  # type: ignore[arg-type]
+        (listed,) = (await client.list_prompts()).prompts
+        assert [(a.name, a.required) for a in listed.arguments or []] == [("callback_url", True)]
+        with pytest.raises(MCPError, match="callback_url: required"):
+            await client.get_prompt(PROMPT_NAME, {})

@@ -191,7 +191,7 @@ async def test_connect_prompt_walks_through_the_tools(connect: ClientFactory) ->
         prompt = await client.get_prompt(PROMPT_NAME, {"callback_url": CALLBACK})
     (entry,) = listed.prompts
     assert entry.name == PROMPT_NAME
-    assert [(a.name, a.required) for a in entry.arguments or []] == [("callback_url", True)]
+    assert [(a.name, a.required) for a in entry.arguments or []] == [("callback_url", False)]
     text = prompt.messages[0].content.text  # type: ignore[union-attr]
     assert CALLBACK in text
     assert text.index("generate_pkce") < text.index("authorization_url") < text.index("exchange_auth_code")
@@ -203,5 +203,6 @@ async def test_connect_prompt_refuses_a_bad_callback(connect: ClientFactory) -> 
     async with connect() as client:
         with pytest.raises(MCPError, match="callback_url"):
             await client.get_prompt(PROMPT_NAME, {"callback_url": "javascript:alert(1)"})
-        with pytest.raises(MCPError, match="callback_url: required"):
-            await client.get_prompt(PROMPT_NAME, {})
+        # Without a callback_url the prompt leads with connect_account, which needs none.
+        prompt = await client.get_prompt(PROMPT_NAME, {})
+    assert "connect_account" in prompt.messages[0].content.text  # type: ignore[union-attr]
