@@ -321,11 +321,28 @@ def _line_ending(data: bytes) -> bytes:
     return b"\n"
 
 
+def _continued_lines(lines: list[bytes], index: int, rest: bytes) -> int:
+    """How many lines after `lines[index]` belong to the quoted value that `rest` (the text after
+    `VAR=`) opens and does not close: python-dotenv and Node's dotenv read such a value across lines.
+    0 when the quote closes on its own line, or never closes (then nothing more is claimed)."""
+    quote = rest[:1]
+    if quote not in (b'"', b"'", b"`"):
+        return 0
+    closing = re.compile(rb"(?<!\\)" + re.escape(quote))  # an escaped quote does not close it
+    if closing.search(rest, 1):
+        return 0
+    for offset, line in enumerate(lines[index + 1 :], 1):
+        if closing.search(line):
+            return offset
+    return 0
+
+
 def updated_dotenv(old: bytes | None, env_var: str, value: str) -> bytes:
     """The file's new bytes: the first `VAR=` / `export VAR=` line (spaces around `=` allowed) gets the
     new value, keeping its indent, `export ` and separator; later lines that set the same variable are
     dropped (parsers differ on whether the first or the last one wins, so the new key must be the only
-    one). Without such a line one is appended. Every other byte stays as it was."""
+    one), as are the further lines of an old value quoted across lines. Without such a line one is
+    appended. Every other byte stays as it was."""
     if not old:
         return f"{env_var}={value}\n".encode("ascii")
     assignment = re.compile(
@@ -333,24 +350,27 @@ def updated_dotenv(old: bytes | None, env_var: str, value: str) -> bytes:
         + re.escape(env_var.encode("ascii"))
         + rb"(?P<sep>[ \t]*=[ \t]*)"
     )
+    lines = old.splitlines(keepends=True)
     out: list[bytes] = []
     replaced = False
-    for line in old.splitlines(keepends=True):
+    index = 0
+    while index < len(lines):
+        line = lines[index]
         match = assignment.match(line)
         if match is None:
             out.append(line)
+            index += 1
             continue
-        if replaced:
-            continue  # a later duplicate would shadow (or be shadowed by) the new key
         body = line.rstrip(b"\r\n")
-        out.append(
-            match.group("lead")
-            + env_var.encode("ascii")
-            + match.group("sep")
-            + value.encode("ascii")
-            + line[len(body) :]
-        )
-        replaced = True
+        skip = _continued_lines(lines, index, body[match.end() :])
+        if not replaced:  # a later duplicate would shadow (or be shadowed by) the new key: dropped
+            last = lines[index + skip]
+            ending = last[len(last.rstrip(b"\r\n")) :]
+            out.append(
+                match.group("lead") + env_var.encode("ascii") + match.group("sep") + value.encode("ascii") + ending
+            )
+            replaced = True
+        index += 1 + skip
     if not replaced:
         newline = _line_ending(old)
         if not old.endswith(_NEWLINES):

@@ -314,6 +314,21 @@ EXISTING = [
         id="duplicates-dropped-non-utf8-kept",
     ),
     pytest.param(b"", b"MODELGATES_API_KEY=NEW\n", id="empty-file"),
+    pytest.param(
+        b'A=1\r\nMODELGATES_API_KEY="sk-old\r\nB=not-a-line\r\nend"\r\nC=3\r\n',
+        b"A=1\r\nMODELGATES_API_KEY=NEW\r\nC=3\r\n",
+        id="old-value-quoted-across-lines",
+    ),
+    pytest.param(
+        b"MODELGATES_API_KEY='x \\'\nstill the old value'\nB=2\n",
+        b"MODELGATES_API_KEY=NEW\nB=2\n",
+        id="escaped-quote-does-not-close",
+    ),
+    pytest.param(
+        b"MODELGATES_API_KEY='never closed\nB=2\n",
+        b"MODELGATES_API_KEY=NEW\nB=2\n",
+        id="unclosed-quote-claims-no-other-line",
+    ),
     pytest.param(b"\xef\xbb\xbfMODELGATES_API_KEY=old\n", b"\xef\xbb\xbfMODELGATES_API_KEY=NEW\n", id="bom"),
 ]
 
