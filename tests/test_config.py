@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,17 @@ def test_environment_and_flags_override() -> None:
     assert (s.base_url, s.timeout, s.connect_timeout, s.max_retries) == ("http://127.0.0.1:8765/api/v1", 3, 3, 5)
 
 
+def test_workspace_from_environment_or_flag(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    assert load_settings([], {}).workspace is None
+    assert load_settings([], {"MODELGATES_WORKSPACE": str(first)}).workspace == str(first)
+    assert load_settings(["--workspace", str(second)], {"MODELGATES_WORKSPACE": str(first)}).workspace == str(second)
+    with pytest.raises(ConfigError, match="MODELGATES_WORKSPACE"):
+        load_settings([], {"MODELGATES_WORKSPACE": str(tmp_path / "file")})
+
+
 def test_key_is_masked_everywhere_it_could_print() -> None:
     s = load_settings([], {"MODELGATES_API_KEY": API_KEY})
     assert API_KEY not in repr(s) and API_KEY not in str(s)
@@ -62,6 +74,8 @@ def test_key_is_masked_everywhere_it_could_print() -> None:
         ([], {"MODELGATES_LOG_LEVEL": "LOUD"}, "MODELGATES_LOG_LEVEL"),
         ([], {"MODELGATES_API_KEY": "sk bad key"}, "MODELGATES_API_KEY"),
         (["--unknown"], {}, "--unknown"),
+        ([], {"MODELGATES_WORKSPACE": "/no/such/folder"}, "MODELGATES_WORKSPACE"),
+        (["--workspace", "relative/folder"], {}, "--workspace"),
     ],
 )
 def test_bad_settings_raise_one_line_naming_the_setting(argv: list[str], env: dict[str, str], names: str) -> None:

@@ -675,3 +675,30 @@ async def test_the_prompt_and_instructions_lead_with_connect_account_only_when_i
         assert [(a.name, a.required) for a in listed.arguments or []] == [("callback_url", True)]
         with pytest.raises(MCPError, match="callback_url: required"):
             await client.get_prompt(PROMPT_NAME, {})
+
+
+def test_a_server_started_without_the_variable_uses_the_keyring_entry(fake: FakeModelGates, tmp_path: Path) -> None:
+    """Over stdio, as a client starts it: the key comes from the keyring file backend, the log says so."""
+    stored = KEY_PREFIX + "from-the-keyring-0123456789abcdef"
+    keyring_env = {"PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring", "XDG_DATA_HOME": str(tmp_path)}
+    setup = (
+        "import keyring, sys\nkeyring.get_keyring().set_password('mcp-modelgates', 'MODELGATES_API_KEY', sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", setup, stored], env={**os.environ, **keyring_env}, check=True)
+    env = stdio_params({"MODELGATES_BASE_URL": fake.base_url, **keyring_env}).env
+    assert env is not None and "MODELGATES_API_KEY" not in env
+    init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    call = {"name": "create_auth_code", "arguments": {"callback_url": "http://localhost:3000/cb"}}
+    payload = "".join(
+        json.dumps(message) + "\n"
+        for message in (
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call},
+        )
+    ).encode()
+    run = run_stdio(payload, env, {1, 2})
+    assert b"key from the OS keyring (keyring:mcp-modelgates/MODELGATES_API_KEY)" in run.stderr
+    (created,) = fake.requests
+    assert created.headers["authorization"] == f"Bearer {stored}"
+    assert stored.encode() not in run.stderr and stored.encode() not in b"".join(run.stdout_lines)
