@@ -128,8 +128,10 @@ def api() -> Iterator[FakeModelGates]:
 
 
 @pytest.fixture(scope="module")
-def server_env(api: FakeModelGates) -> dict[str, str]:
-    return {"MODELGATES_API_KEY": API_KEY, "MODELGATES_BASE_URL": api.base_url}
+def server_env(api: FakeModelGates, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    # connect_account's workspace: the clients start the server in a folder of their choosing.
+    workspace = str(tmp_path_factory.mktemp("workspace"))
+    return {"MODELGATES_API_KEY": API_KEY, "MODELGATES_BASE_URL": api.base_url, "MODELGATES_WORKSPACE": workspace}
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +235,8 @@ def test_inspector_calls_each_tool(inspector: Inspector, server_env: dict[str, s
         result = json.loads(proc.stdout)
         assert result.get("isError") is False and result["content"][0]["text"]
         assert subset(call["expectStructured"], result["structuredContent"]), result["structuredContent"]
+        for key in call.get("expectKeys", []):
+            assert isinstance(result["structuredContent"].get(key), str) and result["structuredContent"][key], key
 
 
 @pytest.mark.parametrize(
@@ -394,7 +398,11 @@ def test_claude_print_mode_registers_both_api_tools(claude: Claude) -> None:
     assert {"name": NAME, "status": "connected"} in [
         {k: s.get(k) for k in ("name", "status")} for s in init["mcp_servers"]
     ]
-    assert {f"mcp__{NAME}__create_auth_code", f"mcp__{NAME}__exchange_auth_code"} <= set(init["tools"])
+    assert {
+        f"mcp__{NAME}__create_auth_code",
+        f"mcp__{NAME}__exchange_auth_code",
+        f"mcp__{NAME}__connect_account",
+    } <= set(init["tools"])
 
 
 # ---------------------------------------------------------------- the README's Claude Code set-up, as written

@@ -7,7 +7,7 @@
 // Checks: every tool's inputSchema and outputSchema compile with ajv; every tool has an object
 // outputSchema; the spec's expected input/output properties and required inputs are there; each
 // spec call succeeds (arguments valid against the inputSchema, structuredContent valid against
-// the outputSchema, the expectStructured subset present) or fails as expected (isError or a
+// the outputSchema, the expectStructured subset and the expectKeys present) or fails as expected (isError or a
 // JSON-RPC error, with expectErrorText in its message). Prints a JSON report on stdout; exit 0
 // when every check passed, 1 otherwise, 2 on a usage error.
 
@@ -134,6 +134,10 @@ try {
     if (entry?.output) {
       const v = entry.output(result.structuredContent);
       check(`${label}: structuredContent validates against the outputSchema`, result.structuredContent !== undefined && v.valid, v.errorMessage);
+    }
+    if (c.expectKeys !== undefined) {
+      const sc = result.structuredContent ?? {};
+      check(`${label}: structuredContent has ${c.expectKeys.join(",")}`, c.expectKeys.every((k) => typeof sc[k] === "string" && sc[k].length > 0), sc);
     }
     if (c.expectStructured !== undefined) {
       check(`${label}: structuredContent holds ${JSON.stringify(c.expectStructured)}`, subset(c.expectStructured, result.structuredContent), result.structuredContent);
