@@ -27,7 +27,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 
 from mcp_modelgates import keystore, pkce
-from mcp_modelgates.client import ApiError, ModelGatesClient, excerpt
+from mcp_modelgates.client import RESTART, ApiError, ModelGatesClient, excerpt
 from mcp_modelgates.models import EXCHANGE_AUTH_CODE, ExchangeAuthCodeRequest, ExchangeAuthCodeResponse
 
 logger = logging.getLogger("mcp_modelgates.connect")
@@ -313,7 +313,8 @@ class Flows:
         try:
             answer = await self._api.call(EXCHANGE_AUTH_CODE, request)
         except ApiError as exc:
-            return Outcome("failed", str(exc))
+            # The client's hint names the manual tools; here a fresh connect_account is the way again.
+            return Outcome("failed", str(exc).replace(RESTART, "Call connect_account again to start over."))
         assert isinstance(answer, ExchangeAuthCodeResponse)
         try:
             await anyio.to_thread.run_sync(keystore.save, flow.destination, answer.key)

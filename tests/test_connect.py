@@ -387,6 +387,8 @@ async def test_a_403_on_exchange_fails_and_leaves_the_file_untouched(
         done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
     assert done["structuredContent"]["status"] == "failed"
     assert "HTTP 403" in done["structuredContent"]["error"]
+    assert "Call connect_account again" in done["structuredContent"]["error"]
+    assert "generate_pkce" not in done["structuredContent"]["error"]
     assert "HTTP 403" in page.text and "Connected" not in page.text
     assert env.read_bytes() == b"MODELGATES_API_KEY=keep-me\n"
     assert stat.S_IMODE(env.stat().st_mode) == 0o640
