@@ -196,7 +196,6 @@ class Flow:
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     deadline: float = 0.0
-
     declined: bool = False
 
     def cancel(self) -> None:
