@@ -26,6 +26,7 @@ import httpx
 import mcp.types as types
 import pytest
 from mcp import Client, ClientSession
+from mcp.client.stdio import stdio_client
 from pydantic import SecretStr
 
 from mcp_modelgates import account
@@ -37,6 +38,8 @@ from tests.fake_api import KEY_PREFIX, FakeModelGates, error_body
 pytestmark = pytest.mark.anyio
 
 KEY_VAR = "MODELGATES_API_KEY"
+# A server started without MODELGATES_API_KEY looks in the keyring: not in the machine's own.
+NO_KEYRING = {"PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -618,7 +621,7 @@ async def test_without_connect_the_tool_is_neither_listed_nor_callable(settings:
 
 @pytest.mark.parametrize("stop", ["eof", "sigterm"])
 def test_shutdown_mid_flow_closes_the_listener(fake: FakeModelGates, workspace: Path, stop: str) -> None:
-    env = stdio_params({"MODELGATES_BASE_URL": fake.base_url, "MODELGATES_WORKSPACE": str(workspace)}).env
+    env = stdio_params({"MODELGATES_BASE_URL": fake.base_url, "MODELGATES_WORKSPACE": str(workspace), **NO_KEYRING}).env
     assert env is not None
     init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
     payload = "".join(
@@ -704,3 +707,56 @@ def test_a_server_started_without_the_variable_uses_the_keyring_entry(fake: Fake
     (created,) = fake.requests
     assert created.headers["authorization"] == f"Bearer {stored}"
     assert stored.encode() not in run.stderr and stored.encode() not in b"".join(run.stdout_lines)
+
+
+async def test_over_stdio_a_client_with_url_elicitation_and_roots_connects_in_one_call(
+    fake: FakeModelGates, tmp_path: Path
+) -> None:
+    """As Claude Code runs it: the console script, the 2025-11-25 handshake, roots and URL elicitation."""
+    root = tmp_path / "project"
+    root.mkdir()
+    pages: list[httpx.Response] = []
+
+    async def accept(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        assert isinstance(params, types.ElicitRequestURLParams)
+        pages.append(await browse(params.url))
+        return types.ElicitResult(action="accept")
+
+    async def roots(context: Any) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=[types.Root(uri=root.as_uri())])  # type: ignore[arg-type]
+
+    stderr = tmp_path / "stderr.log"
+    params = stdio_params({"MODELGATES_BASE_URL": fake.base_url, "MODELGATES_LOG_LEVEL": "DEBUG", **NO_KEYRING})
+    with stderr.open("w") as errlog:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write, elicitation_callback=accept, list_roots_callback=roots) as client,
+        ):
+            await client.initialize()
+            result = wire(await client.call_tool("connect_account", {}))
+    key = stored_key(root / ".env")
+    assert result["structuredContent"]["status"] == "connected"
+    assert result["structuredContent"]["saved_to"] == str(root / ".env")
+    (page,) = pages
+    assert "Connected; you can close this tab." in page.text
+    log = await anyio.Path(stderr).read_text()
+    assert "listener closed" in log
+    assert key not in json.dumps(result, ensure_ascii=False) and key not in log and key not in page.text
+
+
+async def test_the_modern_era_has_no_back_channel_so_even_an_eliciting_client_gets_the_link(
+    fake: FakeModelGates, ws_settings: Settings
+) -> None:
+    asked: list[Any] = []
+
+    async def accept(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params)
+        return types.ElicitResult(action="accept")
+
+    seen = Seen()
+    async with session(ws_settings, "2026-07-28", seen, elicitation_callback=accept) as client:
+        waiting = seen.add(await client.call_tool("connect_account", {}))["structuredContent"]
+        await browse(waiting["authorization_url"])
+        done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
+    assert asked == [] and waiting["status"] == "waiting_for_approval"
+    assert done["structuredContent"]["status"] == "connected"
