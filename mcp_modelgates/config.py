@@ -133,7 +133,8 @@ def _workspace(value: str, setting: str) -> str:
     return str(path)
 
 
-def _api_key(value: str | None) -> SecretStr | None:
+def parse_api_key(value: str | None) -> SecretStr | None:
+    """The key as a secret, None when blank; `ConfigError` (never quoting it) when unusable in a header."""
     if value is None or not value.strip():
         return None
     value = value.strip()
@@ -218,7 +219,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str], version: str 
     total = _positive_seconds(timeout, t_name) if timeout is not None else DEFAULT_TIMEOUT
     connect_s = _positive_seconds(connect, c_name) if connect is not None else DEFAULT_CONNECT_TIMEOUT
     return Settings(
-        api_key=_api_key(environ.get("MODELGATES_API_KEY")),
+        api_key=parse_api_key(environ.get("MODELGATES_API_KEY")),
         base_url=check_base_url(base_url, name) if base_url is not None else DEFAULT_BASE_URL,
         timeout=total,
         connect_timeout=min(connect_s, total),

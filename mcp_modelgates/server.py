@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from mcp_modelgates import __version__, account, pkce
 from mcp_modelgates.client import ApiError, ModelGatesClient, excerpt
-from mcp_modelgates.config import ConfigError, Settings, load_settings
+from mcp_modelgates.config import ConfigError, Settings, load_settings, parse_api_key
 from mcp_modelgates.connect import ConnectError, Flows
 from mcp_modelgates.models import (
     CREATE_AUTH_CODE,
@@ -444,7 +444,7 @@ def with_stored_key(settings: Settings, environ: Mapping[str, str]) -> tuple[Set
     if stored is None:
         return settings, "NOT set (create_auth_code will refuse)"
     try:
-        key = load_settings([], {"MODELGATES_API_KEY": stored}).api_key
+        key = parse_api_key(stored)
     except ConfigError:
         return settings, "NOT set (the keyring entry is not a usable key)"
     entry = f"keyring:{keystore.KEYRING_SERVICE}/MODELGATES_API_KEY"
