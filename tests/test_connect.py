@@ -30,6 +30,7 @@ from mcp.client.stdio import stdio_client
 from pydantic import SecretStr
 
 from mcp_modelgates import account
+from mcp_modelgates import connect as flows  # not `connect`: that is a fixture name
 from mcp_modelgates.config import Settings
 from mcp_modelgates.server import build_server, with_stored_key
 from tests.conftest import API_KEY, ROOT, run_stdio, stdio_params, wire
@@ -760,3 +761,36 @@ async def test_the_modern_era_has_no_back_channel_so_even_an_eliciting_client_ge
         done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
     assert asked == [] and waiting["status"] == "waiting_for_approval"
     assert done["structuredContent"]["status"] == "connected"
+
+
+async def test_silent_connections_are_dropped_after_the_read_timeout_and_free_their_slots(
+    fake: FakeModelGates, ws_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flows, "READ_TIMEOUT", 0.2)
+    seen = Seen()
+    async with session(ws_settings, "legacy", seen) as client:
+        waiting = seen.add(await client.call_tool("connect_account", {}))["structuredContent"]
+        port = port_of(waiting["authorization_url"])
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(flows.MAX_CONNECTIONS)]
+        try:
+            for sock in silent:  # each one is closed by the listener, without an answer
+                sock.settimeout(10)
+                assert await anyio.to_thread.run_sync(sock.recv, 100) == b""
+            page = await browse(waiting["authorization_url"])
+        finally:
+            for sock in silent:
+                sock.close()
+        done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
+    assert "Connected" in page.text and done["structuredContent"]["status"] == "connected"
+
+
+async def test_the_number_of_open_flows_is_capped(fake: FakeModelGates, ws_settings: Settings) -> None:
+    seen = Seen()
+    async with session(ws_settings, "legacy", seen) as client:
+        for _ in range(flows.MAX_PENDING):
+            started = seen.add(await client.call_tool("connect_account", {}))
+            assert started["structuredContent"]["status"] == "waiting_for_approval"
+        before = listening_sockets()
+        refused = seen.add(await client.call_tool("connect_account", {}))
+        assert listening_sockets() == before
+    assert refused["isError"] is True and "already waiting for approval" in refused["content"][0]["text"]
