@@ -379,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mcp-modelgates: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    if settings.transport == "http":
+        from mcp_modelgates.http_app import serve_http  # uvicorn only on this path
+
+        return serve_http(settings)
     server = build_server(settings)
     logger.info(
         "mcp-modelgates %s serving on stdio; API %s; key %s",
