@@ -98,6 +98,14 @@ def test_uvx_runs_the_wheel(dist: dict[str, Path]) -> None:
     assert proc.stdout.strip() == f"mcp-modelgates {VERSION}"
 
 
+def test_uvx_runs_the_checkout_as_the_readme_shows() -> None:
+    """`uvx --from /path/to/checkout mcp-modelgates`, the README's form for a clone."""
+    readme = (ROOT / "README.md").read_text()
+    assert "uvx --from /path/to/mcp-modelgates mcp-modelgates" in readme
+    proc = sh(tool("uvx"), "--refresh-package", "mcp-modelgates", "--from", ROOT, "mcp-modelgates", "--version")
+    assert proc.stdout.strip() == f"mcp-modelgates {VERSION}"
+
+
 def lower_bound(requirement: str) -> tuple[str, str]:
     match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(,.*)?", requirement)
     assert match, f"{requirement}: every dependency needs a tested lower bound"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,20 +11,29 @@ import tomllib
 from importlib.metadata import version
 
 import jsonschema
-import pytest
 
 from mcp_modelgates import __version__
 from tests.conftest import ROOT, server_command
 
-SCHEMA = ROOT.parent / "shared" / "registry" / "server.schema.json"
+# The official registry schema, carried with the tests: tests/registry/README.md says where it comes from.
+SCHEMA = ROOT / "tests" / "registry" / "server.schema.json"
+SCHEMA_SHA256 = "3fba09590c99f61735d234822279f4223fab9e300c0a81e81c91ab62a4114de0"
 SERVER_JSON = json.loads((ROOT / "server.json").read_text())
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def test_server_json_is_valid_against_the_registry_schema() -> None:
-    if not SCHEMA.exists():
-        pytest.skip(f"registry schema not found at {SCHEMA} (it comes with the shared folder)")
-    jsonschema.Draft7Validator(json.loads(SCHEMA.read_text())).validate(SERVER_JSON)
+    raw = SCHEMA.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == SCHEMA_SHA256, "tests/registry/server.schema.json was edited"
+    schema = json.loads(raw)
+    assert schema["$id"] == SERVER_JSON["$schema"]
+    jsonschema.Draft7Validator(schema).validate(SERVER_JSON)
+
+
+def test_the_registry_schema_catches_a_broken_server_json() -> None:
+    broken = {**SERVER_JSON, "packages": [{**SERVER_JSON["packages"][0], "transport": {"type": "carrier-pigeon"}}]}
+    errors = list(jsonschema.Draft7Validator(json.loads(SCHEMA.read_bytes())).iter_errors(broken))
+    assert errors, "the schema accepted an unknown transport type"
 
 
 def test_server_json_describes_the_pypi_package_and_secret_key() -> None:

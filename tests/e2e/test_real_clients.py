@@ -2,7 +2,8 @@
 
 The MCP Inspector CLI, the official TypeScript SDK client (ts_client.mjs beside this file) and
 Claude Code are pinned in package.json + package-lock.json here and installed once into
-node_modules/, with the Node 22 they need (the npm package `node`), whatever Node the machine has.
+node_modules/ by `npm ci`, with the Node 22 they need (the npm package `node`), whatever Node the
+machine has. The lock is npm's own output (`npm install --package-lock-only`), never edited by hand.
 The server talks to the in-process ModelGates stand-in on 127.0.0.1. spec.json says what every
 client must see; it also drives ../shared/realclients/run_real_clients.sh. Where npm is missing,
 this module is skipped, with one line in the summary; any other install failure fails its tests.
@@ -45,41 +46,77 @@ NAME = "modelgates"
 TIMEOUT = 120  # seconds per client command; a hung client fails its test instead of CI
 
 
+PINNED = json.loads((E2E / "package.json").read_text())["dependencies"]  # name -> exact version
+
+
 def _pins_digest() -> str:
     return hashlib.sha256(b"".join((E2E / f).read_bytes() for f in ("package.json", "package-lock.json"))).hexdigest()
 
 
+def lock_disagreements(package: dict[str, Any], lock: dict[str, Any]) -> list[str]:
+    """Each client package.json pins at a version the lock does not also pin, in one sentence."""
+    root = lock.get("packages", {}).get("", {}).get("dependencies", {})
+    problems = []
+    for name, pin in package["dependencies"].items():
+        locked = lock.get("packages", {}).get(f"node_modules/{name}", {}).get("version")
+        if root.get(name) != pin or locked != pin:
+            problems.append(f"package.json pins {name} {pin}, but package-lock.json has {locked or 'no entry'}")
+    return problems
+
+
+def installed_disagreements(node_modules: Path, pins: dict[str, str]) -> list[str]:
+    """Each pinned client whose installed version (read from what npm installed) is not its pin."""
+    problems = []
+    for name, pin in pins.items():
+        manifest = node_modules / name / "package.json"
+        got = json.loads(manifest.read_text()).get("version") if manifest.exists() else None
+        if got != pin:
+            problems.append(f"{name} {pin} is pinned, but {got or 'nothing'} is installed")
+    return problems
+
+
 @pytest.fixture(scope="session")
 def node_bin() -> Path:
-    """tests/e2e/node_modules/.bin, installed from the lock file unless already installed from it."""
+    """tests/e2e/node_modules/.bin, installed by `npm ci` from the lock unless already installed from it.
+
+    `npm ci` installs exactly what the lock names and never writes the lock. Whatever a registry
+    adds or drops later (say, another platform's optional dependency of a dependency) cannot move
+    a locked version; and what is checked afterwards is what matters: the installed versions of
+    the pinned clients and Node, read from node_modules itself."""
     npm = shutil.which("npm")
     assert npm is not None
+    lock_path = E2E / "package-lock.json"
+    problems = lock_disagreements(json.loads((E2E / "package.json").read_text()), json.loads(lock_path.read_text()))
+    if problems:
+        pytest.fail(
+            "; ".join(problems) + ". Regenerate the lock: cd tests/e2e && npm install --package-lock-only",
+            pytrace=False,
+        )
     digest = _pins_digest()
     # Another pytest run in this tree may be installing at the same moment.
     lock_file = Path(tempfile.gettempdir()) / f"mcp-modelgates-e2e-{hashlib.sha256(bytes(E2E)).hexdigest()[:12]}.lock"
     with lock_file.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         installed = STAMP.exists() and STAMP.read_text() == digest
-        if not (installed and all((BIN / b).exists() for b in ("node", "mcp-inspector", "claude"))):
-            pinned = (E2E / "package-lock.json").read_bytes()
-            # `npm install`, not `npm ci`: it installs exactly the locked versions too, but tolerates
-            # the lock's optional dependency that the registry no longer has (vite ->
-            # napi-windows-process-start-time), on which `npm ci` stops with "Missing: ... from lock file".
+        if not (installed and not installed_disagreements(E2E / "node_modules", PINNED)):
+            pinned = lock_path.read_bytes()
             proc = subprocess.run(
-                [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
                 cwd=E2E,
                 capture_output=True,
                 text=True,
                 timeout=900,
             )
-            if (E2E / "package-lock.json").read_bytes() != pinned:
-                (E2E / "package-lock.json").write_bytes(pinned)
-                pytest.fail("npm install rewrote package-lock.json: package.json and the lock file disagree")
+            if lock_path.read_bytes() != pinned:  # never expected of `npm ci`; the tracked file stays as it was
+                lock_path.write_bytes(pinned)
             if proc.returncode != 0:
-                pytest.fail(f"npm install in {E2E} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+                pytest.fail(f"npm ci in {E2E} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}", pytrace=False)
             STAMP.write_text(digest)
+    problems = installed_disagreements(E2E / "node_modules", PINNED)
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
     version = subprocess.run([str(BIN / "node"), "--version"], capture_output=True, text=True, check=True).stdout
-    assert version.startswith("v22."), f"node_modules/.bin/node is {version.strip()}, the clients need Node 22"
+    assert version.strip() == f"v{PINNED['node']}", f"node_modules/.bin/node is {version.strip()}"
     return BIN
 
 
@@ -399,3 +436,42 @@ def test_readme_project_mcp_json_connects_and_expands_the_key(node_bin: Path, sc
     proc = cc("mcp", "list", env={"MODELGATES_API_KEY": "sk-readme-check"})
     assert f"{NAME}: " in proc.stdout and "✔ Connected" in proc.stdout, explain(proc)
     assert "Missing environment variables" not in proc.stdout, explain(proc)
+
+
+def test_readme_checkout_form_connects_in_claude_code(node_bin: Path, tmp_path: Path) -> None:
+    """The README's set-up from a checkout: the checkout's own .venv script by absolute path."""
+    line = next(ln for ln in README.splitlines() if ln.startswith("claude mcp add ") and "/.venv/bin/" in ln)
+    argv = shlex.split(line)
+    placeholder = argv[argv.index("--") + 1]
+    assert placeholder == "/path/to/mcp-modelgates/.venv/bin/mcp-modelgates"
+    script = ROOT / placeholder.removeprefix("/path/to/mcp-modelgates/")
+    if not script.exists():
+        pytest.skip(f"{script} is not installed: the README's set-up command makes it")
+    argv = [a.replace("sk-...", "sk-readme-check").replace(placeholder, str(script)) for a in argv[1:]]
+    cc = new_claude(node_bin, tmp_path)
+    proc = cc(*argv)
+    assert proc.returncode == 0, explain(proc)
+    proc = cc("mcp", "list")
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(f"{NAME}: ")), "")
+    assert str(script) in line and "✔ Connected" in line, explain(proc)
+
+
+def test_pin_checks_name_a_moved_client_and_ignore_foreign_optional_entries(tmp_path: Path) -> None:
+    package = json.loads((E2E / "package.json").read_text())
+    lock = json.loads((E2E / "package-lock.json").read_text())
+    assert lock_disagreements(package, lock) == []
+    # the registry serving one more optional dependency for another platform changes nothing
+    lock["packages"]["node_modules/foreign-optional"] = {"version": "1.0.0", "optional": True, "os": ["win32"]}
+    assert lock_disagreements(package, lock) == []
+    moved = {**package, "dependencies": {**package["dependencies"], "@modelcontextprotocol/sdk": "1.32.3"}}
+    assert lock_disagreements(moved, lock) == [
+        "package.json pins @modelcontextprotocol/sdk 1.32.3, but package-lock.json has 1.32.2"
+    ]
+    tree = tmp_path / "node_modules"
+    for name, pin in PINNED.items():
+        (tree / name).mkdir(parents=True)
+        (tree / name / "package.json").write_text(json.dumps({"name": name, "version": pin}))
+    (tree / "foreign-optional").mkdir()
+    assert installed_disagreements(tree, PINNED) == []
+    (tree / "node" / "package.json").write_text(json.dumps({"name": "node", "version": "20.0.0"}))
+    assert installed_disagreements(tree, PINNED) == [f"node {PINNED['node']} is pinned, but 20.0.0 is installed"]
