@@ -338,6 +338,8 @@ class ModelGatesClient:
         else:
             text = f"ModelGates answered HTTP {_reason(status)} with an empty body."
         hint = _HINTS.get((op.path, status))
+        if hint is not None and self._settings.key_from_client:  # the key came with the request, not the server
+            hint = hint.replace("MODELGATES_API_KEY", "the key in your Authorization header")
         if hint is None and status == 409:
             hint = "A conflicting request is in progress; try again in a moment."
         if hint is None and status == 429:

@@ -35,7 +35,7 @@ from mcp_modelgates import __version__
 from mcp_modelgates.config import ConfigError, Settings, caller_key_for_request, load_settings
 from mcp_modelgates.server import build_server
 from tests.conftest import API_KEY, server_command, wire
-from tests.fake_api import FakeModelGates, Recorded, Reply, s256
+from tests.fake_api import KEY_PREFIX, FakeModelGates, Recorded, Reply, s256
 
 TOKEN = "tok-http-test-7d3a91c2e5f04b18"
 ALICE = "sk-caller-alice-1111aaaa"
@@ -403,6 +403,7 @@ async def test_a_callers_key_is_masked_when_the_upstream_echoes_it(per_caller: H
         answer = await client.call_tool("create_auth_code", {"callback_url": CALLBACK})
     text = answer.content[0].text  # type: ignore[union-attr]
     assert answer.is_error is True and "Key *** is revoked" in text and ALICE not in text
+    assert "Check the key in your Authorization header" in text  # not the server's MODELGATES_API_KEY
 
 
 def test_redact_masks_the_token_and_only_the_current_requests_key() -> None:
@@ -466,6 +467,12 @@ def test_other_start_up_combinations_and_stdio() -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
+def test_help_lists_the_http_settings() -> None:
+    proc = subprocess.run([*server_command(), "--help"], capture_output=True, text=True, timeout=30)
+    for word in ("--transport", "--host", "--port", "MODELGATES_HTTP_TOKEN", "MODELGATES_KEY_FROM_CLIENT"):
+        assert word in proc.stdout, word
+
+
 def test_sigterm_lets_an_in_flight_call_finish_then_exits_0(api: FakeModelGates) -> None:
     server = start_server(_shared_env(api))
     try:
@@ -492,7 +499,7 @@ def test_no_key_or_token_in_any_log_line(servers: dict[str, HttpServer]) -> None
     for name, server in servers.items():
         log = server.stderr
         assert '"POST /mcp HTTP/1.1" 200' in log, name  # the access log is on, so this check sees it
-        leaked = [secret for secret in SECRETS if secret in log]
+        leaked = [secret for secret in (*SECRETS, KEY_PREFIX) if secret in log]  # KEY_PREFIX: an exchanged key
         assert leaked == [], f"{name} logged a secret"
         assert server.out == b"", name  # everything goes to stderr
     # At INFO the SDK's per-request "Terminating session: None" line is quieted.
