@@ -339,7 +339,7 @@ def _http_settings(
     if transport == "http" and not is_loopback(host) and token is None and not key_from_client:
         raise ConfigError(
             f"{h_name} {host} is not a loopback address: set MODELGATES_HTTP_TOKEN (shared key) or "
-            "MODELGATES_KEY_FROM_CLIENT=1 (each caller's own key) so that not anyone can use the server"
+            "MODELGATES_KEY_FROM_CLIENT=1 (each caller's own key), so that not just anyone can use it"
         )
     return {
         "transport": transport,
