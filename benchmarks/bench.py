@@ -13,7 +13,13 @@ not the client. Measured:
 - the server's peak RSS (VmHWM) and CPU time per sequential call;
 - TCP connections the stand-in accepted for the sequential calls (keep-alive: 1).
 
-    python benchmarks/bench.py             # the full run, about 40 s on 2 cores
+Then the same over streamable HTTP (stateless, JSON responses): `mcp-modelgates --transport http`
+against `minimal_http_forwarder.py`, the same one-tool forwarder served by the SDK's own HTTP app,
+interleaved the same way, spoken to by one httpx client in this process (sequential p50 and p99,
+64 in flight); and two mcp-modelgates processes behind a round-robin split (each request to the
+next process, no affinity, as a load balancer would send them) against one process, in calls/s.
+
+    python benchmarks/bench.py             # the full run, about 80 s on 2 cores
     python benchmarks/bench.py --quick     # a few rounds, only to prove it still runs
     python benchmarks/bench.py --check     # exit 1 when a budget line does not hold
 """
@@ -23,11 +29,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -319,6 +327,201 @@ async def calls(contestants: list[Contestant], stand_in: StandIn, rounds: Rounds
     return direct
 
 
+# ---------------------------------------------------------------- the HTTP run
+
+CALL_BODY = json.dumps(
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "create_auth_code", "arguments": ARGUMENTS}}
+).encode()
+KEEP_IDLE = 2.0  # seconds; below uvicorn's 5 s keep-alive, so a reused connection is never one it is closing
+
+
+@dataclass
+class HttpContestant:
+    name: str
+    ports: list[int]  # more than one: requests go round-robin, each to the next
+    pids: list[int] = field(default_factory=list)
+    sequential: list[float] = field(default_factory=list)
+    bursts: list[float] = field(default_factory=list)
+    cpu_per_call: float = math.nan
+
+
+class LeanHttp:
+    """A lean HTTP/1.1 client for the HTTP run, as the JSON-RPC loop is for stdio: keep-alive
+    connections per port, each request written as prepared bytes and its JSON answer read by
+    Content-Length, so that what is timed is the servers, not an HTTP library's overhead."""
+
+    def __init__(self) -> None:
+        self._idle: dict[int, list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]]] = {}
+        self._open: list[asyncio.StreamWriter] = []
+
+    async def post(self, port: int, body: bytes) -> tuple[int, Any]:
+        idle = self._idle.setdefault(port, [])
+        while idle and time.monotonic() - idle[-1][2] > KEEP_IDLE:
+            idle.pop()[1].close()
+        if idle:
+            reader, writer, _ = idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            self._open.append(writer)
+        head = (
+            f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: {PROTOCOL_VERSION}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+        if "content-length" not in headers:
+            raise RuntimeError(f"an answer without Content-Length: {lines}")
+        data = await reader.readexactly(int(headers["content-length"]))
+        idle.append((reader, writer, time.monotonic()))
+        return status, json.loads(data) if data else None
+
+    async def close(self) -> None:
+        for writer in self._open:
+            writer.close()
+        for writer in self._open:
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+async def start_http(
+    argv: list[str], env: dict[str, str], errlog: TextIO, http: LeanHttp
+) -> tuple[asyncio.subprocess.Process, int]:
+    """A server process on a free port, once it answers an initialize on /mcp."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *argv, "--port", str(port), stdin=asyncio.subprocess.DEVNULL, stdout=errlog, stderr=errlog, env=env
+    )
+    init = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}
+    body = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init}).encode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.returncode is None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            if (await http.post(port, body))[0] == 200:
+                return proc, port
+        await asyncio.sleep(0.05)
+    errlog.seek(0)
+    raise RuntimeError(f"{argv} did not start serving:\n{''.join(errlog.readlines()[-20:])}")
+
+
+async def http_call(http: LeanHttp, port: int) -> dict[str, Any]:
+    status, message = await http.post(port, CALL_BODY)
+    if status != 200:
+        raise RuntimeError(f"POST /mcp answered {status}: {message}")
+    result: dict[str, Any] = message["result"]
+    return result
+
+
+async def http_burst(http: LeanHttp, ports: list[int]) -> list[dict[str, Any]]:
+    """IN_FLIGHT calls at once, each to the next port in turn."""
+    return list(await asyncio.gather(*(http_call(http, ports[i % len(ports)]) for i in range(IN_FLIGHT))))
+
+
+async def http_phase(http: LeanHttp, pairs: list[HttpContestant], rounds: Rounds, sequential: bool) -> None:
+    if sequential:
+        for _ in range(rounds.warmup):
+            for c in pairs:
+                check(await http_call(http, c.ports[0]))
+        before = [sum(cpu_seconds(pid) for pid in c.pids) for c in pairs]
+        for round_ in range(rounds.sequential):
+            for c in alternate(pairs, round_):
+                check(await timed(c.sequential, functools.partial(http_call, http, c.ports[0])))
+        for c, cpu in zip(pairs, before, strict=True):
+            c.cpu_per_call = (sum(cpu_seconds(pid) for pid in c.pids) - cpu) / rounds.sequential
+    for c in pairs:  # an untimed burst each: opens the connections a burst needs
+        await http_burst(http, c.ports)
+    for round_ in range(rounds.bursts):
+        for c in alternate(pairs, round_):
+            for result in await timed(c.bursts, functools.partial(http_burst, http, c.ports)):
+                check(result)
+
+
+async def run_http(
+    stand_in: StandIn, pycache: str, stack: contextlib.ExitStack, rounds: Rounds
+) -> list[HttpContestant]:
+    """mcp-modelgates vs the minimal HTTP forwarder; then one process vs two behind round-robin."""
+    procs: list[asyncio.subprocess.Process] = []
+    http = LeanHttp()
+    try:
+
+        async def start(argv: list[str], listener: int) -> tuple[int, int]:
+            errlog = stack.enter_context(tempfile.TemporaryFile("a+"))  # noqa: SIM115 - the stack closes it
+            env = environment(stand_in.base_url(listener), pycache)
+            proc, port = await start_http(argv, env, errlog, http)
+            procs.append(proc)
+            return proc.pid, port
+
+        project_argv = [*find_project(), "--transport", "http"]
+        pid, port = await start(project_argv, 0)
+        floor_pid, floor_port = await start([sys.executable, str(HERE / "minimal_http_forwarder.py")], 1)
+        project = HttpContestant("mcp-modelgates", [port], [pid])
+        floor = HttpContestant("minimal HTTP forwarder", [floor_port], [floor_pid])
+        await http_phase(http, [project, floor], rounds, sequential=True)
+
+        twin_pid, twin_port = await start(project_argv, 0)
+        one = HttpContestant("one process", [port], [pid])
+        two = HttpContestant("two processes", [port, twin_port], [pid, twin_pid])
+        await http_phase(http, [one, two], rounds, sequential=False)
+    finally:
+        await http.close()
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in procs:
+            await proc.wait()
+    return [project, floor, one, two]
+
+
+def http_report(
+    project: HttpContestant, floor: HttpContestant, one: HttpContestant, two: HttpContestant, rounds: Rounds
+) -> tuple[str, bool]:
+    ms = 1000.0
+
+    def cps(c: HttpContestant) -> float:
+        return IN_FLIGHT / statistics.median(c.bursts)
+
+    rows: list[tuple[str, float, float, str, tuple[float, bool] | None]] = [
+        (f"sequential call p50, {rounds.sequential} calls (ms)", statistics.median(project.sequential) * ms,
+         statistics.median(floor.sequential) * ms, "{:.2f}", (1.10, False)),
+        ("sequential call p99 (ms)", p99(project.sequential) * ms, p99(floor.sequential) * ms, "{:.2f}", None),
+        ("server CPU per sequential call (ms)", project.cpu_per_call * ms, floor.cpu_per_call * ms, "{:.2f}", None),
+        (f"{IN_FLIGHT} in flight: wall, median of {rounds.bursts} (ms)", statistics.median(project.bursts) * ms,
+         statistics.median(floor.bursts) * ms, "{:.1f}", None),
+        (f"{IN_FLIGHT} in flight: calls/s", cps(project), cps(floor), "{:.0f}", (0.90, True)),
+    ]  # fmt: skip
+    lines = [f"| over HTTP | {project.name} | {floor.name} | ratio | budget |", "|---|---:|---:|---:|---|"]
+    holds = True
+    for metric, mine, theirs, fmt, budget in rows:
+        ratio = mine / theirs if theirs else math.nan
+        verdict = ""
+        if budget is not None:
+            limit, higher_is_better = budget
+            ok = ratio >= limit if higher_is_better else ratio <= limit
+            holds &= ok
+            verdict = f"{'>=' if higher_is_better else '<='} {limit:.2f}x {'ok' if ok else 'MISSED'}"
+        lines.append(f"| {metric} | {fmt.format(mine)} | {fmt.format(theirs)} | {ratio:.2f}x | {verdict} |")
+    lines += [
+        "",
+        f"| scale-out, {IN_FLIGHT} in flight | {one.name} | {two.name}, round-robin | ratio |",
+        "|---|---:|---:|---:|",
+        f"| calls/s, median of {rounds.bursts} bursts | {cps(one):.0f} | {cps(two):.0f} | {cps(two) / cps(one):.2f}x |",
+    ]
+    return "\n".join(lines), holds
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -436,9 +639,18 @@ async def run(rounds: Rounds) -> tuple[str, bool]:
             for c in contestants:
                 c.errlog.seek(0)
                 c.request_log_lines = sum("HTTP Request:" in line for line in c.errlog)
+            print(
+                f"over HTTP: {rounds.warmup} warm-up + {rounds.sequential} sequential, {rounds.bursts} bursts "
+                f"of {IN_FLIGHT}; then one process vs two ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            over_http = await run_http(stand_in, pycache, stack, rounds)
     finally:
         stand_in.close()
-    return report(contestants[0], contestants[1], direct, rounds)
+    table, holds = report(contestants[0], contestants[1], direct, rounds)
+    http_table, http_holds = http_report(*over_http, rounds)
+    return table + "\n\n" + http_table, holds and http_holds
 
 
 def main() -> int:

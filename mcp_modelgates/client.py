@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import anyio
 from pydantic import ValidationError
 
-from mcp_modelgates.config import Settings
+from mcp_modelgates.config import Settings, caller_key
 from mcp_modelgates.models import Operation, RequestModel, ResponseModel
 
 if TYPE_CHECKING:
@@ -209,13 +209,23 @@ class ModelGatesClient:
 
     async def call(self, op: Operation, request: RequestModel) -> ResponseModel:
         settings = self._settings
-        if op.requires_key and settings.api_key is None:
+        # Per-caller key mode (HTTP): the key the caller sent with this request, for this call only.
+        key = caller_key() if settings.key_from_client else None
+        if op.requires_key and settings.api_key is None and key is None:
+            if settings.key_from_client:
+                raise ApiError(
+                    "No ModelGates API key came with this request: creating an authorization code needs one. "
+                    "This server uses each caller's own key: send it as `Authorization: Bearer <key>` "
+                    "(the header of your MCP client's server entry)."
+                )
             raise ApiError(
                 "MODELGATES_API_KEY is not set: creating an authorization code needs a ModelGates API key. "
                 "Set it in the MCP server's environment and restart the server."
             )
         content = request.model_dump_json().encode()
         headers = self._auth_headers
+        if key is not None:
+            headers = {**self._headers, "Authorization": f"Bearer {key.get_secret_value()}"}
         url = settings.base_url + op.path
         host = settings.host
         state = {"maybe_sent": False}
@@ -328,6 +338,8 @@ class ModelGatesClient:
         else:
             text = f"ModelGates answered HTTP {_reason(status)} with an empty body."
         hint = _HINTS.get((op.path, status))
+        if hint is not None and self._settings.key_from_client:  # the key came with the request, not the server
+            hint = hint.replace("MODELGATES_API_KEY", "the key in your Authorization header")
         if hint is None and status == 409:
             hint = "A conflicting request is in progress; try again in a moment."
         if hint is None and status == 429:

@@ -8,13 +8,15 @@ build the Authorization header; `Settings.redact` masks it in any text that leav
 from __future__ import annotations
 
 import argparse
+import contextvars
 import ipaddress
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -25,6 +27,11 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_MAX_RETRIES = 2
 MAX_RETRIES_CEILING = 10
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# --- HTTP transport ---
+TRANSPORTS = ("stdio", "http")
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8000
+# --- end HTTP transport ---
 
 # A header value must be visible ASCII; anything else would be refused by httpx mid-call.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
@@ -43,6 +50,15 @@ class Settings:
     max_retries: int = DEFAULT_MAX_RETRIES
     log_level: str = "INFO"
     workspace: str | None = None  # where connect_account may write a dotenv file
+    # --- HTTP transport ---
+    transport: str = "stdio"
+    http_host: str = DEFAULT_HTTP_HOST
+    http_port: int = DEFAULT_HTTP_PORT
+    http_token: SecretStr | None = None
+    key_from_client: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    # --- end HTTP transport ---
 
     @property
     def host(self) -> str:
@@ -57,17 +73,41 @@ class Settings:
         return raw if raw.startswith("Bearer ") else f"Bearer {raw}"
 
     def redact(self, text: str) -> str:
-        """Mask every occurrence of the configured key (an upstream may echo it back).
+        """Mask every occurrence of the configured key, the HTTP token and the key of the request
+        being served (an upstream may echo any of them back).
 
         The plain forms are derived here on each call rather than kept in a field, so that
         `dataclasses.asdict(settings)` or `vars(settings)` cannot reveal them."""
-        if self.api_key is None:
-            return text
-        raw = self.api_key.get_secret_value()
-        for secret in sorted({raw, raw.removeprefix("Bearer ").strip()}, key=len, reverse=True):
-            if secret:
-                text = text.replace(secret, "***")
+        for secret in (self.api_key, self.http_token, _caller_key.get()):
+            if secret is not None:
+                raw = secret.get_secret_value()
+                for plain in sorted({raw, raw.removeprefix("Bearer ").strip()}, key=len, reverse=True):
+                    if plain:
+                        text = text.replace(plain, "***")
         return text
+
+
+# --- HTTP transport (issue 11): the key a caller sent with the request being served ---
+# Set by the HTTP layer for one request only (a contextvar: concurrent requests never see each
+# other's), read by the client for that request's calls and by `Settings.redact`. Never stored.
+_caller_key: contextvars.ContextVar[SecretStr | None] = contextvars.ContextVar("caller_key", default=None)
+
+
+@contextmanager
+def caller_key_for_request(key: SecretStr | None) -> Iterator[None]:
+    token = _caller_key.set(key)
+    try:
+        yield
+    finally:
+        _caller_key.reset(token)
+
+
+def caller_key() -> SecretStr | None:
+    """The key sent by the caller of the request being served, if any (per-caller key mode)."""
+    return _caller_key.get()
+
+
+# --- end HTTP transport ---
 
 
 def is_loopback(host: str) -> bool:
@@ -154,14 +194,16 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mcp-modelgates",
         description=(
-            "MCP server (stdio) for the ModelGates OAuth PKCE API: create an authorization code "
-            "and exchange it for a user-controlled API key. The API key is read from "
-            "MODELGATES_API_KEY only, never from a flag."
+            "MCP server (stdio or streamable HTTP) for the ModelGates OAuth PKCE API: create an "
+            "authorization code and exchange it for a user-controlled API key. The API key is read "
+            "from MODELGATES_API_KEY only, never from a flag."
         ),
         epilog=(
             "Environment: MODELGATES_API_KEY, MODELGATES_BASE_URL, MODELGATES_TIMEOUT, "
-            "MODELGATES_CONNECT_TIMEOUT, MODELGATES_MAX_RETRIES, MODELGATES_LOG_LEVEL, MODELGATES_WORKSPACE. "
-            "Flags override the environment."
+            "MODELGATES_CONNECT_TIMEOUT, MODELGATES_MAX_RETRIES, MODELGATES_LOG_LEVEL, MODELGATES_WORKSPACE; for "
+            "--transport http also MODELGATES_TRANSPORT, MODELGATES_HOST, MODELGATES_PORT, "
+            "MODELGATES_HTTP_TOKEN, MODELGATES_KEY_FROM_CLIENT, MODELGATES_ALLOWED_HOSTS, "
+            "MODELGATES_ALLOWED_ORIGINS. Flags override the environment."
         ),
     )
     parser.add_argument("--version", action="version", version=f"mcp-modelgates {version}")
@@ -194,6 +236,23 @@ def build_parser(version: str) -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="stderr log level (env MODELGATES_LOG_LEVEL, default INFO)",
     )
+    # --- HTTP transport ---
+    parser.add_argument(
+        "--transport",
+        type=str.lower,
+        choices=TRANSPORTS,
+        help="stdio (one client that launches the server) or http (streamable HTTP at /mcp) "
+        "(env MODELGATES_TRANSPORT, default stdio)",
+    )
+    parser.add_argument(
+        "--host",
+        help=f"address to listen on with --transport http (env MODELGATES_HOST, default {DEFAULT_HTTP_HOST}); "
+        "a non-loopback address needs MODELGATES_HTTP_TOKEN or MODELGATES_KEY_FROM_CLIENT=1",
+    )
+    parser.add_argument(
+        "--port", help=f"port to listen on with --transport http (env MODELGATES_PORT, default {DEFAULT_HTTP_PORT})"
+    )
+    # --- end HTTP transport ---
     return parser
 
 
@@ -218,12 +277,101 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str], version: str 
 
     total = _positive_seconds(timeout, t_name) if timeout is not None else DEFAULT_TIMEOUT
     connect_s = _positive_seconds(connect, c_name) if connect is not None else DEFAULT_CONNECT_TIMEOUT
+    api_key = parse_api_key(environ.get("MODELGATES_API_KEY"))
     return Settings(
-        api_key=parse_api_key(environ.get("MODELGATES_API_KEY")),
+        api_key=api_key,
         base_url=check_base_url(base_url, name) if base_url is not None else DEFAULT_BASE_URL,
         timeout=total,
         connect_timeout=min(connect_s, total),
         max_retries=_retries(retries, r_name) if retries is not None else DEFAULT_MAX_RETRIES,
         log_level=level,
         workspace=_workspace(workspace, w_name) if workspace is not None else None,
+        **_http_settings(args, environ, pick, has_api_key=api_key is not None),
     )
+
+
+# --- HTTP transport ---
+_HOST = re.compile(r"[A-Za-z0-9._:%-]+")
+_ORIGIN = re.compile(r"https?://[^/\s?#@]+")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+MIN_TOKEN_CHARS = 16
+
+
+def _port(value: str, setting: str) -> int:
+    if not value.strip().isascii() or not value.strip().isdigit() or not 1 <= int(value) <= 65535:
+        raise ConfigError(f"{setting} must be a port number from 1 to 65535, got {value!r}")
+    return int(value)
+
+
+def _http_token(value: str | None) -> SecretStr | None:
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if not _HEADER_SAFE.fullmatch(value) or len(value) < MIN_TOKEN_CHARS:
+        # Never echo the value, not even in part.
+        raise ConfigError(
+            f"MODELGATES_HTTP_TOKEN must be at least {MIN_TOKEN_CHARS} visible ASCII characters without spaces"
+        )
+    return SecretStr(value)
+
+
+def _listed(value: str | None, setting: str, pattern: re.Pattern[str]) -> tuple[str, ...]:
+    items = tuple(item.strip().rstrip("/") for item in (value or "").split(",") if item.strip())
+    for item in items:
+        if not pattern.fullmatch(item):
+            raise ConfigError(f"{setting} must be a comma-separated list, got the bad entry {item!r}")
+    return items
+
+
+def _http_settings(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    pick: Callable[[str | None, str], tuple[str | None, str]],
+    *,
+    has_api_key: bool,
+) -> dict[str, Any]:
+    """The HTTP transport's settings, refusing any combination that would expose a key."""
+    transport, t_name = pick(args.transport, "MODELGATES_TRANSPORT")
+    transport = (transport or "stdio").strip().lower()
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"{t_name} must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    host, h_name = pick(args.host, "MODELGATES_HOST")
+    host = (host or DEFAULT_HTTP_HOST).strip()
+    if not _HOST.fullmatch(host):
+        raise ConfigError(f"{h_name} must be an IP address or host name, got {host!r}")
+    port, p_name = pick(args.port, "MODELGATES_PORT")
+    flag = (environ.get("MODELGATES_KEY_FROM_CLIENT") or "").strip().lower()
+    if flag not in _TRUE + _FALSE:
+        raise ConfigError(f"MODELGATES_KEY_FROM_CLIENT must be 1 or 0, got {flag!r}")
+    key_from_client = flag in _TRUE
+    token = _http_token(environ.get("MODELGATES_HTTP_TOKEN"))
+    if key_from_client and has_api_key:
+        raise ConfigError(
+            "MODELGATES_KEY_FROM_CLIENT=1 and MODELGATES_API_KEY are both set: choose one key mode "
+            "(each caller's own key, or one shared key)"
+        )
+    if key_from_client and token is not None:
+        raise ConfigError(
+            "MODELGATES_KEY_FROM_CLIENT=1 and MODELGATES_HTTP_TOKEN are both set: with per-caller keys the "
+            "Authorization header carries each caller's ModelGates key; unset one"
+        )
+    if key_from_client and transport != "http":
+        raise ConfigError("MODELGATES_KEY_FROM_CLIENT=1 needs --transport http (MODELGATES_TRANSPORT)")
+    if transport == "http" and not is_loopback(host) and token is None and not key_from_client:
+        raise ConfigError(
+            f"{h_name} {host} is not a loopback address: set MODELGATES_HTTP_TOKEN (shared key) or "
+            "MODELGATES_KEY_FROM_CLIENT=1 (each caller's own key), so that not just anyone can use it"
+        )
+    return {
+        "transport": transport,
+        "http_host": host,
+        "http_port": _port(port, p_name) if port is not None else DEFAULT_HTTP_PORT,
+        "http_token": token,
+        "key_from_client": key_from_client,
+        "allowed_hosts": _listed(environ.get("MODELGATES_ALLOWED_HOSTS"), "MODELGATES_ALLOWED_HOSTS", _HOST),
+        "allowed_origins": _listed(environ.get("MODELGATES_ALLOWED_ORIGINS"), "MODELGATES_ALLOWED_ORIGINS", _ORIGIN),
+    }
+
+
+# --- end HTTP transport ---

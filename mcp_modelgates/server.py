@@ -457,8 +457,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mcp-modelgates: {exc}", file=sys.stderr)
         return 2
-    settings, source = with_stored_key(settings, os.environ)
+    source = "from each caller's Authorization header"
+    if not settings.key_from_client:  # a stored key would make a shared key beside the callers' own
+        settings, source = with_stored_key(settings, os.environ)
     configure_logging(settings)  # after the key is known, so that the log masks it
+    if settings.transport == "http":
+        from mcp_modelgates.http_app import serve_http  # imported only on this path
+
+        return serve_http(settings, source)
     server = build_server(settings)
     logger.info("mcp-modelgates %s serving on stdio; API %s; key %s", __version__, settings.base_url, source)
     with suppress(KeyboardInterrupt):

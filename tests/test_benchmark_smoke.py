@@ -25,4 +25,7 @@ def test_benchmark_runs_in_quick_mode_and_prints_its_table() -> None:
     assert rows[0] == "| | mcp-modelgates | minimal forwarder | ratio | budget |"
     for metric in ("cold start", "sequential call p50", "in flight: calls/s", "peak RSS", "TCP connections"):
         assert any(metric in row for row in rows), metric
+    http_rows = rows[rows.index("| over HTTP | mcp-modelgates | minimal HTTP forwarder | ratio | budget |") :]
+    for metric in ("sequential call p50", "in flight: calls/s", "two processes, round-robin", "calls/s, median of"):
+        assert any(metric in row for row in http_rows), metric
     assert "Budget " in out.stdout

@@ -1,8 +1,10 @@
 #!/usr/bin/env node
-// The official TypeScript SDK client (@modelcontextprotocol/sdk Client + StdioClientTransport)
-// against a stdio MCP server, checked with ajv the way a strict TypeScript host would check it.
+// The official TypeScript SDK client (@modelcontextprotocol/sdk Client + StdioClientTransport, or
+// StreamableHTTPClientTransport with --url) against an MCP server, checked with ajv the way a
+// strict TypeScript host would check it.
 //
 //   node ts_client.mjs --spec spec.json [--env KEY=VALUE]... -- SERVER_CMD [ARGS...]
+//   node ts_client.mjs --spec spec.json --url http://127.0.0.1:8000/mcp [--header NAME=VALUE]...
 //
 // Checks: every tool's inputSchema and outputSchema compile with ajv; every tool has an object
 // outputSchema; the spec's expected input/output properties and required inputs are there; each
@@ -14,21 +16,26 @@
 import { readFileSync } from "node:fs";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport, getDefaultEnvironment } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { AjvJsonSchemaValidator } from "@modelcontextprotocol/sdk/validation/ajv";
 
 const argv = process.argv.slice(2);
-const dd = argv.indexOf("--");
+const dd = argv.includes("--url") ? argv.length : argv.indexOf("--");
 if (dd < 0 || dd === argv.length - 1) {
-  process.stderr.write("usage: node ts_client.mjs --spec FILE [--env K=V]... -- CMD [ARGS...]\n");
+  process.stderr.write("usage: node ts_client.mjs --spec FILE [--env K=V]... -- CMD [ARGS...] | --url URL [--header K=V]...\n");
   process.exit(2);
 }
 const [command, ...args] = argv.slice(dd + 1);
 const env = {};
+const headers = {};
 let spec = null;
+let url = null;
 for (let i = 0; i < dd; i += 2) {
   const [flag, val] = [argv[i], argv[i + 1]];
   if (flag === "--spec" && val) spec = JSON.parse(readFileSync(val, "utf8"));
   else if (flag === "--env" && val?.includes("=")) env[val.slice(0, val.indexOf("="))] = val.slice(val.indexOf("=") + 1);
+  else if (flag === "--header" && val?.includes("=")) headers[val.slice(0, val.indexOf("="))] = val.slice(val.indexOf("=") + 1);
+  else if (flag === "--url" && val) url = new URL(val);
   else {
     process.stderr.write(`ts_client: bad option ${flag} ${val ?? ""}\n`);
     process.exit(2);
@@ -62,7 +69,9 @@ const compile = (label, schema) => {
   }
 };
 
-const transport = new StdioClientTransport({ command, args, env: { ...getDefaultEnvironment(), ...env }, stderr: "pipe" });
+const transport = url
+  ? new StreamableHTTPClientTransport(url, { requestInit: { headers } })
+  : new StdioClientTransport({ command, args, env: { ...getDefaultEnvironment(), ...env }, stderr: "pipe" });
 let stderr = "";
 transport.stderr?.on("data", (d) => { stderr = (stderr + d.toString()).slice(-3000); });
 const setProtocolVersion = transport.setProtocolVersion?.bind(transport);
