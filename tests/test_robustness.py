@@ -547,6 +547,19 @@ def self_signed_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
 
 
 @pytest.fixture(scope="module")
+def self_signed_dir(self_signed_files: tuple[Path, Path]) -> Path:
+    """A CA directory (as SSL_CERT_DIR names one) holding that certificate under its subject hash."""
+    cert = self_signed_files[0]
+    subject_hash = subprocess.run(
+        [_openssl(), "x509", "-hash", "-noout", "-in", str(cert)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    folder = cert.parent / "ca-dir"
+    folder.mkdir()
+    shutil.copy(cert, folder / f"{subject_hash}.0")
+    return folder
+
+
+@pytest.fixture(scope="module")
 def self_signed(self_signed_files: tuple[Path, Path]) -> ssl.SSLContext:
     """A server TLS context with that certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -573,8 +586,8 @@ async def test_tls_certificates_are_verified(
 @pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "SSL_CERT_DIR"])
 async def test_there_is_no_switch_to_turn_tls_verification_off(
     self_signed_files: tuple[Path, Path],
+    self_signed_dir: Path,
     self_signed: ssl.SSLContext,
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     variable: str,
 ) -> None:
@@ -586,15 +599,7 @@ async def test_there_is_no_switch_to_turn_tls_verification_off(
     for flag in ("--insecure", "--no-verify", "--tls-verify=false"):
         with pytest.raises(ConfigError):
             load_settings([flag], {})
-    cert, _ = self_signed_files
-    if variable == "SSL_CERT_FILE":
-        bundle = str(cert)
-    else:  # OpenSSL looks certificates up in a directory by subject hash
-        subject_hash = subprocess.run(
-            [_openssl(), "x509", "-hash", "-noout", "-in", str(cert)], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        shutil.copy(cert, tmp_path / f"{subject_hash}.0")
-        bundle = str(tmp_path)
+    bundle = str(self_signed_files[0] if variable == "SSL_CERT_FILE" else self_signed_dir)
     for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):  # httpx reads SSL_CERT_FILE first when both are set
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(variable, bundle)
