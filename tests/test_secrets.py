@@ -217,9 +217,7 @@ async def test_flow_secrets_are_never_logged_in_process_at_debug(
     _assert_no_flow_secret(flow, caplog.text, *(r.getMessage() for r in caplog.records))
 
 
-def test_flow_secrets_are_never_logged_over_stdio_at_the_default_level(
-    fake: FakeModelGates, flow: FlowSecrets
-) -> None:
+def test_flow_secrets_are_never_logged_over_stdio_at_the_default_level(fake: FakeModelGates, flow: FlowSecrets) -> None:
     init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
     calls = _flow_calls(flow)
     lines = [_rpc(1, "initialize", init), json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})]
