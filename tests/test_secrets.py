@@ -314,6 +314,8 @@ def test_stdio_at_debug_through_many_failures_never_logs_a_key_and_stdout_stays_
         (("exchange_auth_code", {"code": f"https://app/cb?code={API_KEY}"}), None),  # refused locally
         (("create_auth_code", {"callback_url": "javascript:alert(1)", "limit": -1}), None),
         (("generate_pkce", {"callback_url": "http://localhost:3000/cb"}), None),
+        # the key split by the excerpt cut, on every path that quotes upstream text
+        *((call, reply) for reply in SPLIT_REPLIES.values() for call in (CREATE, EXCHANGE)),
     ]
     for (name, _), reply in scenarios:
         if reply is not None:
