@@ -17,7 +17,7 @@ import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -268,7 +268,7 @@ def _urls(path: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 future_datetimes = st.builds(
     lambda when, fraction, offset: when.strftime("%Y-%m-%dT%H:%M:%S") + fraction + offset,
-    st.datetimes(min_value=datetime(2035, 1, 1), max_value=datetime(9999, 12, 30)),
+    st.datetimes(min_value=datetime(datetime.now(UTC).year + 2, 1, 1), max_value=datetime(9999, 12, 30)),
     st.sampled_from(["", ".5", ".123456"]),
     st.sampled_from(["Z", "+00:00", "-05:30", "+14:00"]),
 )
