@@ -186,11 +186,11 @@ def flow(fake: FakeModelGates) -> FlowSecrets:
     """A code, verifier and challenge of this test only; the stand-in issues that code for the
     challenge and accepts it with that verifier (any number of times)."""
     verifier = secrets.token_urlsafe(32)  # 43 characters of the RFC 7636 alphabet
-    found = FlowSecrets("auth_code_" + secrets.token_hex(12), verifier, s256(verifier))
-    issued = {"id": found.code, "app_id": 12345, "created_at": "2025-08-24T10:30:00Z"}
+    chosen = FlowSecrets("auth_code_" + secrets.token_hex(12), verifier, s256(verifier))
+    issued = {"id": chosen.code, "app_id": 12345, "created_at": "2025-08-24T10:30:00Z"}
     fake.reply(200, {"data": issued}, path="/auth/keys/code")
-    accept_code(fake, found.code, verifier)
-    return found
+    accept_code(fake, chosen.code, verifier)
+    return chosen
 
 
 def _flow_calls(flow: FlowSecrets) -> list[tuple[str, dict[str, Any]]]:
