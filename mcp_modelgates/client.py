@@ -322,7 +322,7 @@ class ModelGatesClient:
     def _status_failure(self, op: Operation, status: int, headers: httpx.Headers, raw: bytes) -> str:
         host = self._settings.host
         if 300 <= status < 400:
-            where = _redirect_target(headers.get("location", ""))
+            where = _redirect_target(headers.get("location", ""), self._settings.redact)
             return (
                 f"ModelGates at {host} answered HTTP {_reason(status)}, a redirect{where}; redirects are not "
                 "followed (the API key must not go elsewhere). Check MODELGATES_BASE_URL."
@@ -373,8 +373,12 @@ class ModelGatesClient:
             ) from None
 
 
-def _redirect_target(location: str) -> str:
-    """` to <host[:port]>` of a Location header, parsed leniently: a hostile value is only described."""
+def _redirect_target(location: str, redact: Callable[[str], str]) -> str:
+    """` to <host[:port]>` of a Location header, parsed leniently: a hostile value is only described.
+
+    The key is masked before parsing (which lowercases the host) and before the cut (which could
+    leave part of it behind), as `excerpt` does for bodies."""
+    location = redact(location)
     try:
         parts = urlsplit(location.strip())
         host = parts.hostname or ""
@@ -383,7 +387,7 @@ def _redirect_target(location: str) -> str:
         return " to an unparsable location"
     if not host:
         return " to another path on the same host" if location.strip() else ""
-    return " to " + excerpt(f"{host}:{port}" if port is not None else host, 100)
+    return " to " + excerpt(f"{host}:{port}" if port is not None else host, 100, redact=redact)
 
 
 def _field_problem(error: Any) -> str:

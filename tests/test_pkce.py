@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from urllib.parse import parse_qs, urlsplit
 
@@ -57,7 +59,10 @@ async def test_generate_pkce_tool_returns_pair_and_url(connect: ClientFactory) -
         second = await client.call_tool("generate_pkce", {})
     a, b = first.structured_content, second.structured_content
     assert a is not None and b is not None and not first.is_error
-    assert pkce.challenge_for(a["code_verifier"]) == a["code_challenge"]
+    # S256 computed here, independently of the code under test (RFC 7636 section 4.2)
+    digest = hashlib.sha256(a["code_verifier"].encode("ascii")).digest()
+    assert a["code_challenge"] == base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+    assert (a["code_challenge_method"], len(a["code_verifier"])) == ("S256", 43)
     assert a["code_verifier"] != b["code_verifier"]
     assert a["authorization_url"].startswith("https://modelgates.ai/auth?callback_url=http%3A%2F%2Flocalhost%3A3000")
     assert "authorization_url" not in b

@@ -29,7 +29,7 @@ import pytest
 from mcp import Client
 
 from mcp_modelgates import client as client_module
-from mcp_modelgates.config import Settings
+from mcp_modelgates.config import ConfigError, Settings, load_settings
 from mcp_modelgates.server import build_server
 from tests.conftest import API_KEY, ClientFactory, run_stdio, stdio_params
 from tests.fake_api import FakeModelGates, Recorded, Reply, error_body
@@ -126,16 +126,18 @@ async def test_refused_connections_are_retried_with_exponential_backoff_and_jitt
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("mode", ["auto"])
 async def test_max_retries_defaults_to_two_and_zero_disables(
-    connect: ClientFactory, refused_base_url: str, caplog: pytest.LogCaptureFixture
+    refused_base_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert Settings().max_retries == 2
-    async with connect(base_url=refused_base_url, max_retries=Settings().max_retries) as client:
+    # Settings as a user's environment yields them: MODELGATES_MAX_RETRIES unset, then "0".
+    unset = load_settings([], {"MODELGATES_BASE_URL": refused_base_url})
+    async with _session(unset, 0.01) as client:
         default = await client.call_tool(*EXCHANGE)
     assert "Gave up after 3 attempts" in _text(default)
+    assert len(_retry_waits(caplog)) == 2
     caplog.clear()
-    async with connect(base_url=refused_base_url, max_retries=0) as client:
+    zero = load_settings([], {"MODELGATES_BASE_URL": refused_base_url, "MODELGATES_MAX_RETRIES": "0"})
+    async with _session(zero, 0.01) as client:
         disabled = await client.call_tool(*EXCHANGE)
     assert "connection refused" in _text(disabled) and "Gave up" not in _text(disabled)
     assert _retry_waits(caplog) == []
@@ -275,7 +277,7 @@ async def test_a_retry_that_would_end_after_the_deadline_is_not_attempted(
 @pytest.mark.parametrize("mode", ["auto"])
 @pytest.mark.parametrize("value", ["²", "soon", "-1", "1.5", "Thu, 01 Jan 99999 00:00:00 GMT", ""])
 async def test_unusable_retry_after_values_fall_back_to_backoff(
-    fake: FakeModelGates, connect: ClientFactory, value: str
+    fake: FakeModelGates, connect: ClientFactory, caplog: pytest.LogCaptureFixture, value: str
 ) -> None:
     fake.reply(503, error_body(503, "busy"), headers={"Retry-After": value})
     fake.reply(200, {"data": AUTH_CODE})
@@ -283,6 +285,9 @@ async def test_unusable_retry_after_values_fall_back_to_backoff(
         result = await client.call_tool(*CREATE)
     assert result.is_error is False, _text(result)
     assert len(fake.requests) == 2
+    # the first backoff (`connect` uses a 0.01 s base, times a jitter of 0.5-1), not 1.5 s, -1 s or the cap
+    (wait,) = _retry_waits(caplog)
+    assert 0.005 <= wait <= 0.01, wait
 
 
 @pytest.mark.anyio
@@ -516,12 +521,17 @@ async def test_hostile_redirect_locations_give_a_clear_error(fake: FakeModelGate
             assert "pw" not in text and "internal error" not in text
 
 
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
-    """A server TLS context with a fresh self-signed certificate for 127.0.0.1."""
+def _openssl() -> str:
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is needed to make a self-signed certificate")
+    return openssl
+
+
+@pytest.fixture(scope="module")
+def self_signed_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A fresh self-signed certificate for 127.0.0.1 and its key (PEM files)."""
+    openssl = _openssl()
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
@@ -533,8 +543,27 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
         check=True,
         capture_output=True,
     )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def self_signed_dir(self_signed_files: tuple[Path, Path]) -> Path:
+    """A CA directory (as SSL_CERT_DIR names one) holding that certificate under its subject hash."""
+    cert = self_signed_files[0]
+    subject_hash = subprocess.run(
+        [_openssl(), "x509", "-hash", "-noout", "-in", str(cert)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    folder = cert.parent / "ca-dir"
+    folder.mkdir()
+    shutil.copy(cert, folder / f"{subject_hash}.0")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def self_signed(self_signed_files: tuple[Path, Path]) -> ssl.SSLContext:
+    """A server TLS context with that certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    context.load_cert_chain(*self_signed_files)
     return context
 
 
@@ -553,11 +582,44 @@ async def test_tls_certificates_are_verified(
     assert "Gave up" not in text and _retry_waits(caplog) == []  # the same certificate would fail again
 
 
-def test_there_is_no_switch_to_turn_tls_verification_off() -> None:
-    source = Path(client_module.__file__).read_text()
-    assert "verify=" not in source and "CERT_NONE" not in source and "check_hostname" not in source
-    fields = {f.name for f in dataclasses.fields(Settings)}
-    assert not any("verify" in name or "insecure" in name or "tls" in name for name in fields)
+@pytest.mark.anyio
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "SSL_CERT_DIR"])
+async def test_there_is_no_switch_to_turn_tls_verification_off(
+    self_signed_files: tuple[Path, Path],
+    self_signed_dir: Path,
+    self_signed: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+) -> None:
+    """Neither a flag, nor a setting, nor a CA bundle in the environment makes the client trust a
+    certificate it should not. The bundle here trusts the stand-in's own self-signed certificate,
+    as a stray SSL_CERT_FILE / SSL_CERT_DIR (or someone able to set them) would."""
+    import httpx
+
+    for flag in ("--insecure", "--no-verify", "--tls-verify=false"):
+        with pytest.raises(ConfigError):
+            load_settings([flag], {})
+    bundle = str(self_signed_files[0] if variable == "SSL_CERT_FILE" else self_signed_dir)
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):  # httpx reads SSL_CERT_FILE first when both are set
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, bundle)
+    with FakeModelGates(api_key=API_KEY, ssl_context=self_signed) as tls:
+        # The control: a client that trusts the environment does accept the certificate, so the
+        # bundle would have switched verification for the client below if it read the environment.
+        async with httpx.AsyncClient(trust_env=True) as trusting:
+            assert (await trusting.post(tls.base_url + "/auth/keys", json={})).status_code == 403
+        env = {
+            "MODELGATES_BASE_URL": tls.base_url,
+            "MODELGATES_API_KEY": API_KEY,
+            **dict.fromkeys(("MODELGATES_INSECURE", "MODELGATES_VERIFY", "MODELGATES_TLS_VERIFY"), "0"),
+            "PYTHONHTTPSVERIFY": "0",
+            variable: bundle,
+        }
+        async with _session(load_settings([], env), 0.01) as client:
+            results = [await client.call_tool(*CREATE), await client.call_tool(*EXCHANGE)]
+        assert len(tls.requests) == 1  # the control's request only
+    for result in results:
+        assert result.is_error is True and "certificate verification failed" in _text(result), _text(result)
 
 
 # ---------------------------------------------------------------- what error texts quote

@@ -2,8 +2,10 @@
 
 Every test in the suite already runs at DEBUG with a hook in tests/conftest.py that fails it if
 the configured key shows up in its captured logs, stdout or stderr. The tests here add the
-hostile cases: an upstream that echoes the Authorization header back, cut or disguised, and a
-real stdio subprocess at DEBUG driven through many error scenarios.
+hostile cases: an upstream that echoes the Authorization header back, cut or disguised; the key
+split by the excerpt cut on every path that quotes upstream text; the flow's own secrets (code,
+verifier, challenge), which must never be logged; and a real stdio subprocess at DEBUG driven
+through many error scenarios.
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ import dataclasses
 import io
 import json
 import logging
+import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from mcp_modelgates.client import ApiError, ModelGatesClient
 from mcp_modelgates.config import Settings
 from mcp_modelgates.server import _RedactingFilter
 from tests.conftest import API_KEY, ClientFactory, run_stdio, stdio_params
-from tests.fake_api import FakeModelGates, Recorded, Reply, error_body
+from tests.fake_api import FakeModelGates, Recorded, Reply, accept_code, error_body, s256
 
 CALLBACK = "https://myapp.com/auth/callback"
 VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
@@ -29,7 +32,8 @@ AUTH_CODE = {"id": "auth_code_xyz789", "app_id": 12345, "created_at": "2025-08-2
 CREATE = ("create_auth_code", {"callback_url": CALLBACK})
 EXCHANGE = ("exchange_auth_code", {"code": "auth_code_1", "code_verifier": VERIFIER, "code_challenge_method": "S256"})
 # Pieces of the key that must not survive either: a cut or a disguise must not leave it readable.
-KEY_PIECES = (API_KEY, API_KEY[:12], API_KEY[-12:])
+# Any 6 characters in a row are too many (the key is 22 long: a run of 6 is 27% of it).
+KEY_PIECES = (API_KEY, *(API_KEY[i : i + 6] for i in range(len(API_KEY) - 5)))
 
 
 def _text(result: Any) -> str:
@@ -94,6 +98,140 @@ async def test_an_upstream_echoing_the_key_back_is_redacted_in_results_and_logs(
     _assert_no_key(caplog.text, *(r.getMessage() for r in caplog.records))
 
 
+# ---------------------------------------------------------------- the key split by an excerpt's cut
+
+# Upstream text is quoted in at most 200 characters (a redirect's host in 100): the first 199 (99)
+# are kept, then "…". Each body below puts the key so that the cut falls 11 characters into it, so
+# that masking after the cut instead of before it leaves "sk-test-key" behind.
+CUT_AT = 199
+HOST_CUT_AT = 99
+KEPT = 11
+
+
+def _fill(before: int) -> str:
+    """Filler that, after `before` characters of framing, puts the next character at the cut minus KEPT."""
+    return "x" * (CUT_AT - KEPT - before - 1) + " "
+
+
+SPLIT_HOST = "h" * 60 + "." + "h" * (HOST_CUT_AT - KEPT - 62) + "." + API_KEY + ".evil.example"
+SPLIT_REPLIES = {
+    "error-message": Reply(400, error_body(400, _fill(0) + API_KEY + " was refused")),
+    "unexpected-error-body": Reply(500, body=(_fill(0) + API_KEY + " trace").encode()),
+    "non-json-success-body": Reply(200, body=(_fill(0) + API_KEY + " ok").encode()),
+    "non-object-success-body": Reply(200, body=json.dumps([_fill(2) + API_KEY + " ok"]).encode()),
+    "redirect-location-host": Reply(302, body=b"", headers={"Location": f"https://{SPLIT_HOST}/steal"}),
+}
+
+
+@pytest.fixture
+def production_log_filter(settings: Settings) -> Iterator[None]:
+    """Give every handler that captures this test's logs the filter the server puts on its stderr
+    handler, so that the captured records read as stderr would (a whole key masked, as in production)."""
+    handlers = list(logging.getLogger().handlers)
+    log_filter = _RedactingFilter(settings)
+    for handler in handlers:
+        handler.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(log_filter)
+
+
+def test_the_split_key_bodies_put_the_cut_inside_the_key() -> None:
+    """The cases below prove something only if the key really straddles each cut."""
+    for name, reply in SPLIT_REPLIES.items():
+        if name == "redirect-location-host":
+            assert SPLIT_HOST.index(API_KEY) == HOST_CUT_AT - KEPT
+            continue
+        raw = reply.body if reply.body is not None else json.dumps(reply.json["error"]["message"])[1:-1].encode()
+        assert raw.decode().index(API_KEY) == CUT_AT - KEPT, name
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tool", ["create_auth_code", "exchange_auth_code"])
+@pytest.mark.parametrize("path", list(SPLIT_REPLIES))
+@pytest.mark.usefixtures("production_log_filter")
+async def test_a_key_split_by_the_excerpt_cut_leaves_no_piece_behind(
+    fake: FakeModelGates, connect: ClientFactory, caplog: pytest.LogCaptureFixture, path: str, tool: str
+) -> None:
+    fake.reply(**dataclasses.asdict(SPLIT_REPLIES[path]))
+    args = CREATE[1] if tool == "create_auth_code" else EXCHANGE[1]
+    async with connect(max_retries=0) as client:
+        result = await client.call_tool(tool, args)
+    assert len(fake.requests) == 1 and result.is_error is True
+    text = _text(result)
+    logged = [r.getMessage() for r in caplog.records] + [r.exc_text or "" for r in caplog.records]
+    assert any(text in line for line in logged), "the failure was not logged, so the log check proves nothing"
+    _assert_no_key(text, json.dumps(result.structured_content), caplog.text, *logged)
+
+
+# ---------------------------------------------------------------- the flow's own secrets
+
+FLOW_CALLBACK = "http://localhost:3000/callback"
+
+
+@dataclasses.dataclass
+class FlowSecrets:
+    code: str
+    verifier: str
+    challenge: str
+
+    def all(self) -> tuple[str, str, str]:
+        return (self.code, self.verifier, self.challenge)
+
+
+@pytest.fixture
+def flow(fake: FakeModelGates) -> FlowSecrets:
+    """A code, verifier and challenge of this test only; the stand-in issues that code for the
+    challenge and accepts it with that verifier (any number of times)."""
+    verifier = secrets.token_urlsafe(32)  # 43 characters of the RFC 7636 alphabet
+    chosen = FlowSecrets("auth_code_" + secrets.token_hex(12), verifier, s256(verifier))
+    issued = {"id": chosen.code, "app_id": 12345, "created_at": "2025-08-24T10:30:00Z"}
+    fake.reply(200, {"data": issued}, path="/auth/keys/code")
+    accept_code(fake, chosen.code, verifier)
+    return chosen
+
+
+def _flow_calls(flow: FlowSecrets) -> list[tuple[str, dict[str, Any]]]:
+    create = {"callback_url": FLOW_CALLBACK, "code_challenge": flow.challenge, "code_challenge_method": "S256"}
+    exchange = {"code": flow.code, "code_verifier": flow.verifier, "code_challenge_method": "S256"}
+    return [("create_auth_code", create), ("exchange_auth_code", exchange)]
+
+
+def _assert_no_flow_secret(flow: FlowSecrets, *texts: str) -> None:
+    for text in texts:
+        for secret in flow.all():
+            assert secret not in text, f"{secret!r} was logged: {text[:300]!r}"
+
+
+@pytest.mark.anyio
+async def test_flow_secrets_are_never_logged_in_process_at_debug(
+    fake: FakeModelGates, connect: ClientFactory, caplog: pytest.LogCaptureFixture, flow: FlowSecrets
+) -> None:
+    async with connect() as client:
+        results = [await client.call_tool(name, args) for name, args in _flow_calls(flow)]
+    assert [r.is_error for r in results] == [False, False], [_text(r) for r in results]
+    assert [r.json for r in fake.requests] == [args for _, args in _flow_calls(flow)]
+    assert any(r.name.startswith("httpcore") and r.levelno == logging.DEBUG for r in caplog.records)
+    _assert_no_flow_secret(flow, caplog.text, *(r.getMessage() for r in caplog.records))
+
+
+def test_flow_secrets_are_never_logged_over_stdio_at_the_default_level(fake: FakeModelGates, flow: FlowSecrets) -> None:
+    init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    calls = _flow_calls(flow)
+    lines = [_rpc(1, "initialize", init), json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})]
+    lines += [_rpc(2 + i, "tools/call", {"name": name, "arguments": args}) for i, (name, args) in enumerate(calls)]
+    env = stdio_params({"MODELGATES_API_KEY": API_KEY, "MODELGATES_BASE_URL": fake.base_url}).env
+    run = run_stdio(("\n".join(lines) + "\n").encode(), env, answers={1, 2, 3})
+    results = {m.get("id"): m.get("result", m) for m in map(json.loads, run.stdout_lines)}
+    assert results[2]["isError"] is False and results[3]["isError"] is False, results
+    assert sorted(json.dumps(r.json) for r in fake.requests) == sorted(json.dumps(args) for _, args in calls)
+    err = run.stderr.decode("utf-8", "replace")
+    assert run.returncode == 0 and "INFO" in err and "serving on stdio" in err  # the default level, and it logs
+    _assert_no_flow_secret(flow, err)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("prefixed", [False, True], ids=["raw", "bearer-prefixed"])
 async def test_the_key_is_masked_whether_configured_with_or_without_bearer(
@@ -105,21 +243,6 @@ async def test_the_key_is_masked_whether_configured_with_or_without_bearer(
         result = await client.call_tool(*CREATE)
     assert fake.requests[0].headers["authorization"] == f"Bearer {API_KEY}"  # never "Bearer Bearer"
     _assert_no_key(_text(result))
-
-
-def test_the_key_cannot_print_by_accident(settings: Settings) -> None:
-    assert isinstance(settings.api_key, SecretStr)
-    client = ModelGatesClient(settings, "ua")
-    for shown in (
-        repr(settings),
-        str(settings),
-        str(dataclasses.asdict(settings)),
-        str(vars(settings)),
-        f"{settings.api_key}",
-        repr(client),
-        str(ApiError(settings.redact(f"upstream said {API_KEY}"))),
-    ):
-        _assert_no_key(shown)
 
 
 @pytest.mark.anyio
@@ -191,6 +314,8 @@ def test_stdio_at_debug_through_many_failures_never_logs_a_key_and_stdout_stays_
         (("exchange_auth_code", {"code": f"https://app/cb?code={API_KEY}"}), None),  # refused locally
         (("create_auth_code", {"callback_url": "javascript:alert(1)", "limit": -1}), None),
         (("generate_pkce", {"callback_url": "http://localhost:3000/cb"}), None),
+        # the key split by the excerpt cut, on every path that quotes upstream text
+        *((call, reply) for reply in SPLIT_REPLIES.values() for call in (CREATE, EXCHANGE)),
     ]
     for (name, _), reply in scenarios:
         if reply is not None:

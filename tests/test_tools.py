@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from mcp_modelgates import __version__
-from tests.conftest import API_KEY, ClientFactory, wire
+from tests.conftest import API_KEY, BOTH_ERAS, ClientFactory, wire
 from tests.fake_api import FakeModelGates, error_body
 
 pytestmark = pytest.mark.anyio
@@ -21,6 +21,7 @@ SERVER_INFO = {"name": "mcp-modelgates", "title": "ModelGates", "version": __ver
 AUTH_CODE = {"id": "auth_code_xyz789", "app_id": 12345, "created_at": "2025-08-24T10:30:00Z"}
 
 
+@BOTH_ERAS  # the result's `_meta` differs by era
 async def test_create_auth_code_forwards_body_headers_and_returns_structured(
     fake: FakeModelGates, connect: ClientFactory, mode: str
 ) -> None:
@@ -125,37 +126,6 @@ async def test_create_without_a_key_is_refused_before_any_request(fake: FakeMode
     assert {t.name for t in tools.tools} >= {"create_auth_code", "exchange_auth_code"}
     assert result.is_error is True
     assert "MODELGATES_API_KEY" in result.content[0].text  # type: ignore[union-attr]
-    assert fake.requests == []
-
-
-@pytest.mark.parametrize(
-    ("tool", "args", "field"),
-    [
-        ("create_auth_code", {}, "callback_url"),
-        ("create_auth_code", {"callback_url": "not a url"}, "callback_url"),
-        ("create_auth_code", {"callback_url": CALLBACK, "code_challenge_method": "S512"}, "code_challenge_method"),
-        ("create_auth_code", {"callback_url": CALLBACK, "usage_limit_type": "yearly"}, "usage_limit_type"),
-        ("create_auth_code", {"callback_url": CALLBACK, "limit": "abc"}, "limit"),
-        ("create_auth_code", {"callback_url": CALLBACK, "expires_at": "2099-12-31T23:59Z"}, "expires_at"),
-        ("create_auth_code", {"callback_url": CALLBACK, "key_label": "x" * 101}, "key_label"),
-        ("create_auth_code", {"callback_url": CALLBACK, "workspace_id": "ws-1"}, "workspace_id"),
-        ("create_auth_code", {"callback_url": CALLBACK, "surprise": 1}, "surprise"),
-        ("exchange_auth_code", {}, "code"),
-        ("exchange_auth_code", {"code": ""}, "code"),
-        ("exchange_auth_code", {"code": "c1", "code_verifier": "too-short"}, "code_verifier"),
-        ("exchange_auth_code", {"code": "c1", "code_challenge_method": "s256"}, "code_challenge_method"),
-        ("exchange_auth_code", {"code": "c1", "extra": True}, "extra"),
-    ],
-)
-async def test_invalid_arguments_name_the_field_and_never_reach_the_network(
-    fake: FakeModelGates, connect: ClientFactory, tool: str, args: dict[str, object], field: str
-) -> None:
-    async with connect() as client:
-        result = await client.call_tool(tool, args)
-    assert result.is_error is True
-    text = result.content[0].text  # type: ignore[union-attr]
-    assert text.startswith(f"Invalid arguments for {tool}: ")
-    assert f"{field}: " in text
     assert fake.requests == []
 
 
