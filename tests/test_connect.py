@@ -33,7 +33,7 @@ from mcp_modelgates import account
 from mcp_modelgates import connect as flows  # not `connect`: that is a fixture name
 from mcp_modelgates.config import Settings
 from mcp_modelgates.server import build_server, with_stored_key
-from tests.conftest import API_KEY, ROOT, run_stdio, stdio_params, wire
+from tests.conftest import API_KEY, BOTH_ERAS, ROOT, run_stdio, stdio_params, wire
 from tests.fake_api import KEY_PREFIX, FakeModelGates, error_body
 
 pytestmark = pytest.mark.anyio
@@ -267,6 +267,7 @@ async def test_a_form_only_client_gets_the_link_instead_of_an_elicitation(
 # ---------------------------------------------------------------- without URL elicitation
 
 
+@BOTH_ERAS
 async def test_without_elicitation_the_link_comes_back_and_a_second_call_gets_the_outcome(
     fake: FakeModelGates, ws_settings: Settings, workspace: Path, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -518,6 +519,7 @@ async def test_the_env_file_goes_to_the_clients_first_root(
     assert (root / ".env").exists() and not (elsewhere / ".env").exists()
 
 
+@BOTH_ERAS
 async def test_without_roots_the_working_directory_is_the_workspace(
     fake: FakeModelGates, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:

@@ -34,7 +34,7 @@ from pydantic import SecretStr
 from mcp_modelgates import __version__
 from mcp_modelgates.config import ConfigError, Settings, caller_key_for_request, load_settings
 from mcp_modelgates.server import build_server
-from tests.conftest import API_KEY, server_command, wire
+from tests.conftest import API_KEY, BOTH_ERAS, server_command, wire
 from tests.fake_api import KEY_PREFIX, FakeModelGates, Recorded, Reply, s256
 
 TOKEN = "tok-http-test-7d3a91c2e5f04b18"
@@ -198,6 +198,7 @@ def test_healthz_answers_without_auth_and_says_only_status_and_version(shared: H
     assert answer.json() == {"status": "ok", "version": __version__}
 
 
+@BOTH_ERAS
 async def test_sdk_client_lists_and_calls_every_tool_as_the_in_memory_server_does(
     shared: HttpServer, api: FakeModelGates, mode: str
 ) -> None:
@@ -280,6 +281,7 @@ class Alternating(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+@BOTH_ERAS
 async def test_consecutive_requests_may_reach_different_processes(
     servers: dict[str, HttpServer], api: FakeModelGates, mode: str
 ) -> None:
@@ -357,6 +359,7 @@ def test_other_methods_paths_and_malformed_requests_get_protocol_errors(shared: 
 # ---------------------------------------------------------------- per-caller keys
 
 
+@BOTH_ERAS
 async def test_per_caller_keys_never_cross_between_concurrent_callers(
     per_caller: HttpServer, api: FakeModelGates, mode: str
 ) -> None:
