@@ -488,31 +488,10 @@ async def run_http(
 def http_report(
     project: HttpContestant, floor: HttpContestant, one: HttpContestant, two: HttpContestant, rounds: Rounds
 ) -> tuple[str, bool]:
-    ms = 1000.0
-
     def cps(c: HttpContestant) -> float:
         return IN_FLIGHT / statistics.median(c.bursts)
 
-    rows: list[tuple[str, float, float, str, tuple[float, bool] | None]] = [
-        (f"sequential call p50, {rounds.sequential} calls (ms)", statistics.median(project.sequential) * ms,
-         statistics.median(floor.sequential) * ms, "{:.2f}", (1.10, False)),
-        ("sequential call p99 (ms)", p99(project.sequential) * ms, p99(floor.sequential) * ms, "{:.2f}", None),
-        ("server CPU per sequential call (ms)", project.cpu_per_call * ms, floor.cpu_per_call * ms, "{:.2f}", None),
-        (f"{IN_FLIGHT} in flight: wall, median of {rounds.bursts} (ms)", statistics.median(project.bursts) * ms,
-         statistics.median(floor.bursts) * ms, "{:.1f}", None),
-        (f"{IN_FLIGHT} in flight: calls/s", cps(project), cps(floor), "{:.0f}", (0.90, True)),
-    ]  # fmt: skip
-    lines = [f"| over HTTP | {project.name} | {floor.name} | ratio | budget |", "|---|---:|---:|---:|---|"]
-    holds = True
-    for metric, mine, theirs, fmt, budget in rows:
-        ratio = mine / theirs if theirs else math.nan
-        verdict = ""
-        if budget is not None:
-            limit, higher_is_better = budget
-            ok = ratio >= limit if higher_is_better else ratio <= limit
-            holds &= ok
-            verdict = f"{'>=' if higher_is_better else '<='} {limit:.2f}x {'ok' if ok else 'MISSED'}"
-        lines.append(f"| {metric} | {fmt.format(mine)} | {fmt.format(theirs)} | {ratio:.2f}x | {verdict} |")
+    lines, holds = budget_table("over HTTP", project.name, floor.name, call_rows(project, floor, rounds))
     lines += [
         "",
         f"| scale-out, {IN_FLIGHT} in flight | {one.name} | {two.name}, round-robin | ratio |",
@@ -545,17 +524,18 @@ def machine() -> str:
     return f"{cores} cores ({model}), {system}, Python {platform.python_version()}; {versions}"
 
 
-def report(project: Contestant, floor: Contestant, direct: list[float], rounds: Rounds) -> tuple[str, bool]:
-    """A markdown table with the ratios project / floor and whether each budget line holds."""
+# (metric, project value, floor value, format, budget: (limit, higher is better) or None)
+Row = tuple[str, float, float, str, tuple[float, bool] | None]
+
+
+def call_rows(project: Contestant | HttpContestant, floor: Contestant | HttpContestant, rounds: Rounds) -> list[Row]:
+    """The rows both transports share: sequential calls, server CPU, and bursts of IN_FLIGHT."""
     ms = 1000.0
 
-    def cps(c: Contestant) -> float:
+    def cps(c: Contestant | HttpContestant) -> float:
         return IN_FLIGHT / statistics.median(c.bursts)
 
-    # (metric, project value, floor value, format, budget: (limit, higher is better) or None)
-    rows: list[tuple[str, float, float, str, tuple[float, bool] | None]] = [
-        (f"cold start to tools/list, median of {rounds.cold} (ms)", statistics.median(project.cold) * ms,
-         statistics.median(floor.cold) * ms, "{:.0f}", (1.05, False)),
+    return [
         (f"sequential call p50, {rounds.sequential} calls (ms)", statistics.median(project.sequential) * ms,
          statistics.median(floor.sequential) * ms, "{:.2f}", (1.10, False)),
         ("sequential call p99 (ms)", p99(project.sequential) * ms, p99(floor.sequential) * ms, "{:.2f}", None),
@@ -563,23 +543,37 @@ def report(project: Contestant, floor: Contestant, direct: list[float], rounds: 
         (f"{IN_FLIGHT} in flight: wall, median of {rounds.bursts} (ms)", statistics.median(project.bursts) * ms,
          statistics.median(floor.bursts) * ms, "{:.1f}", None),
         (f"{IN_FLIGHT} in flight: calls/s", cps(project), cps(floor), "{:.0f}", (0.90, True)),
-        ("peak RSS of the server (MiB)", project.peak_rss_kib / 1024, floor.peak_rss_kib / 1024, "{:.1f}",
-         (1.05, False)),
     ]  # fmt: skip
-    lines = [
-        f"| | {project.name} | {floor.name} | ratio | budget |",
-        "|---|---:|---:|---:|---|",
-    ]
+
+
+def budget_table(corner: str, mine: str, theirs: str, rows: list[Row]) -> tuple[list[str], bool]:
+    """The table's head and a row per metric with its ratio and, where it has one, its budget verdict."""
+    corner_cell = f" {corner} " if corner else " "
+    lines = [f"|{corner_cell}| {mine} | {theirs} | ratio | budget |", "|---|---:|---:|---:|---|"]
     holds = True
-    for metric, mine, theirs, fmt, budget in rows:
-        ratio = mine / theirs if theirs else math.nan
+    for metric, value, floor_value, fmt, budget in rows:
+        ratio = value / floor_value if floor_value else math.nan
         verdict = ""
         if budget is not None:
             limit, higher_is_better = budget
             ok = ratio >= limit if higher_is_better else ratio <= limit
             holds &= ok
             verdict = f"{'>=' if higher_is_better else '<='} {limit:.2f}x {'ok' if ok else 'MISSED'}"
-        lines.append(f"| {metric} | {fmt.format(mine)} | {fmt.format(theirs)} | {ratio:.2f}x | {verdict} |")
+        lines.append(f"| {metric} | {fmt.format(value)} | {fmt.format(floor_value)} | {ratio:.2f}x | {verdict} |")
+    return lines, holds
+
+
+def report(project: Contestant, floor: Contestant, direct: list[float], rounds: Rounds) -> tuple[str, bool]:
+    """A markdown table with the ratios project / floor and whether each budget line holds."""
+    ms = 1000.0
+    rows: list[Row] = [
+        (f"cold start to tools/list, median of {rounds.cold} (ms)", statistics.median(project.cold) * ms,
+         statistics.median(floor.cold) * ms, "{:.0f}", (1.05, False)),
+        *call_rows(project, floor, rounds),
+        ("peak RSS of the server (MiB)", project.peak_rss_kib / 1024, floor.peak_rss_kib / 1024, "{:.1f}",
+         (1.05, False)),
+    ]  # fmt: skip
+    lines, holds = budget_table("", project.name, floor.name, rows)
     keep_alive = project.connections == 1
     holds &= keep_alive
     lines.append(
