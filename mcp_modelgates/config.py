@@ -87,7 +87,7 @@ class Settings:
         return text
 
 
-# --- HTTP transport (issue 11): the key a caller sent with the request being served ---
+# --- HTTP transport: the key a caller sent with the request being served ---
 # Set by the HTTP layer for one request only (a contextvar: concurrent requests never see each
 # other's), read by the client for that request's calls and by `Settings.redact`. Never stored.
 _caller_key: contextvars.ContextVar[SecretStr | None] = contextvars.ContextVar("caller_key", default=None)
