@@ -34,7 +34,7 @@ DEFAULT_HTTP_PORT = 8000
 # --- end HTTP transport ---
 
 # A header value must be visible ASCII; anything else would be refused by httpx mid-call.
-_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
 
 class ConfigError(Exception):
@@ -122,7 +122,7 @@ def is_loopback(host: str) -> bool:
 def check_base_url(value: str, setting: str = "MODELGATES_BASE_URL") -> str:
     """An absolute https URL (http only to loopback), without credentials, query or fragment."""
     url = value.strip()
-    if not _HEADER_SAFE.fullmatch(url):
+    if not HEADER_SAFE.fullmatch(url):
         # urlsplit silently drops tabs and newlines, so the URL checked would not be the one used.
         raise ConfigError(f"{setting} must be visible ASCII, without spaces or control characters, got {value!r}")
     try:
@@ -179,7 +179,7 @@ def parse_api_key(value: str | None) -> SecretStr | None:
         return None
     value = value.strip()
     token = value.removeprefix("Bearer ")
-    if not _HEADER_SAFE.fullmatch(token):
+    if not HEADER_SAFE.fullmatch(token):
         # Never echo the value, not even in part.
         raise ConfigError("MODELGATES_API_KEY contains spaces or characters not allowed in an HTTP header")
     return SecretStr(value)
@@ -308,7 +308,7 @@ def _http_token(value: str | None) -> SecretStr | None:
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if not _HEADER_SAFE.fullmatch(value) or len(value) < MIN_TOKEN_CHARS:
+    if not HEADER_SAFE.fullmatch(value) or len(value) < MIN_TOKEN_CHARS:
         # Never echo the value, not even in part.
         raise ConfigError(
             f"MODELGATES_HTTP_TOKEN must be at least {MIN_TOKEN_CHARS} visible ASCII characters without spaces"

@@ -28,7 +28,7 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from mcp_modelgates import __version__
-from mcp_modelgates.config import _HEADER_SAFE, Settings, caller_key_for_request, is_loopback
+from mcp_modelgates.config import HEADER_SAFE, Settings, caller_key_for_request, is_loopback
 
 logger = logging.getLogger("mcp_modelgates")
 
@@ -71,7 +71,7 @@ def _bearer(value: str | None) -> str | None:
         return None
     scheme, _, credential = value.strip().partition(" ")
     credential = credential.strip()
-    if scheme.lower() != "bearer" or not _HEADER_SAFE.fullmatch(credential):
+    if scheme.lower() != "bearer" or not HEADER_SAFE.fullmatch(credential):
         return None
     return credential
 
