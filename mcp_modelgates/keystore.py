@@ -1,7 +1,8 @@
 """Where a newly obtained API key goes: a dotenv file inside the user's workspace, or the OS keyring.
 
 `plan()` checks a destination before any flow starts (it writes nothing); `save()` stores the key
-there, atomically and under a lock; `read_keyring_key()` reads back what the keyring holds. The key
+there, atomically and under a lock; `read_keyring_key()` reads back what the keyring holds, and
+`with_stored_key()` makes it the server's key when MODELGATES_API_KEY is unset. The key
 never appears in an error message or a log line. `keyring` is an optional extra, imported lazily.
 """
 
@@ -15,10 +16,12 @@ import secrets
 import stat
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
+
+from mcp_modelgates.config import ConfigError, Settings, parse_api_key
 
 if TYPE_CHECKING:
     from keyring.backend import KeyringBackend
@@ -280,6 +283,22 @@ def read_keyring_key(env_var: str = "MODELGATES_API_KEY") -> str | None:
         log.debug("no key from the keyring (%s)", type(exc).__name__)
         return None
     return value if isinstance(value, str) and value else None
+
+
+def with_stored_key(settings: Settings) -> tuple[Settings, str]:
+    """The key from MODELGATES_API_KEY, else the keyring entry connect_account saved (the keyring
+    package is imported only then); and a description of where it came from, never the key."""
+    if settings.api_key is not None:
+        return settings, "from MODELGATES_API_KEY"
+    stored = read_keyring_key()
+    if stored is None:
+        return settings, "NOT set (create_auth_code will refuse)"
+    try:
+        key = parse_api_key(stored)
+    except ConfigError:
+        return settings, "NOT set (the keyring entry is not a usable key)"
+    entry = f"keyring:{KEYRING_SERVICE}/MODELGATES_API_KEY"
+    return replace(settings, api_key=key), f"from the OS keyring ({entry})"
 
 
 def _save_keyring(destination: Destination, key: str) -> None:

@@ -9,7 +9,6 @@ the configured key.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -26,9 +25,9 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
 
-from mcp_modelgates import __version__, account, pkce
+from mcp_modelgates import __version__, account, keystore, pkce
 from mcp_modelgates.client import ApiError, ModelGatesClient, excerpt
-from mcp_modelgates.config import ConfigError, Settings, load_settings, parse_api_key
+from mcp_modelgates.config import ConfigError, Settings, load_settings
 from mcp_modelgates.connect import ConnectError, Flows
 from mcp_modelgates.models import (
     CREATE_AUTH_CODE,
@@ -433,24 +432,6 @@ async def serve_stdio(server: Server[Any]) -> None:
         tg.cancel_scope.cancel()
 
 
-def with_stored_key(settings: Settings, environ: Mapping[str, str]) -> tuple[Settings, str]:
-    """The key from MODELGATES_API_KEY, else the keyring entry connect_account saved (the keyring
-    package is imported only then); and a description of where it came from, never the key."""
-    if settings.api_key is not None:
-        return settings, "from MODELGATES_API_KEY"
-    from mcp_modelgates import keystore
-
-    stored = keystore.read_keyring_key()
-    if stored is None:
-        return settings, "NOT set (create_auth_code will refuse)"
-    try:
-        key = parse_api_key(stored)
-    except ConfigError:
-        return settings, "NOT set (the keyring entry is not a usable key)"
-    entry = f"keyring:{keystore.KEYRING_SERVICE}/MODELGATES_API_KEY"
-    return dataclasses.replace(settings, api_key=key), f"from the OS keyring ({entry})"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ, __version__)
@@ -459,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     source = "from each caller's Authorization header"
     if not settings.key_from_client:  # a stored key would make a shared key beside the callers' own
-        settings, source = with_stored_key(settings, os.environ)
+        settings, source = keystore.with_stored_key(settings)
     configure_logging(settings)  # after the key is known, so that the log masks it
     if settings.transport == "http":
         from mcp_modelgates.http_app import serve_http  # imported only on this path

@@ -32,7 +32,8 @@ from pydantic import SecretStr
 from mcp_modelgates import account
 from mcp_modelgates import connect as flows  # not `connect`: that is a fixture name
 from mcp_modelgates.config import Settings
-from mcp_modelgates.server import build_server, with_stored_key
+from mcp_modelgates.keystore import with_stored_key
+from mcp_modelgates.server import build_server
 from tests.conftest import API_KEY, BOTH_ERAS, ROOT, run_stdio, stdio_params, wire
 from tests.fake_api import KEY_PREFIX, FakeModelGates, error_body
 
@@ -566,10 +567,10 @@ async def test_the_keyring_store_saves_under_the_service_and_the_server_reads_it
     assert done["structuredContent"]["key_preview"] == f"sk-…{key[-4:]}"
     assert_nowhere(key, seen, caplog)
     # A server started later without MODELGATES_API_KEY uses it, and says where it came from.
-    loaded, source = with_stored_key(dataclasses.replace(settings, api_key=None), {})
+    loaded, source = with_stored_key(dataclasses.replace(settings, api_key=None))
     assert loaded.api_key is not None and loaded.api_key.get_secret_value() == key
     assert source == f"from the OS keyring (keyring:mcp-modelgates/{KEY_VAR})" and key not in source
-    kept, source = with_stored_key(settings, {})
+    kept, source = with_stored_key(settings)
     assert kept.api_key == SecretStr(API_KEY) and source == "from MODELGATES_API_KEY"
 
 
@@ -595,8 +596,9 @@ def test_stdio_start_up_does_not_import_keyring_when_the_key_is_set() -> None:
     code = (
         "import sys\n"
         "from mcp_modelgates.config import load_settings\n"
-        "from mcp_modelgates.server import build_server, with_stored_key\n"
-        "s, source = with_stored_key(load_settings([], {'MODELGATES_API_KEY': 'sk-x'}), {})\n"
+        "from mcp_modelgates.keystore import with_stored_key\n"
+        "from mcp_modelgates.server import build_server\n"
+        "s, source = with_stored_key(load_settings([], {'MODELGATES_API_KEY': 'sk-x'}))\n"
         "build_server(s)\n"
         "print(source, 'keyring' in sys.modules)\n"
     )
