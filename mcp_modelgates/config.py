@@ -27,11 +27,9 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_MAX_RETRIES = 2
 MAX_RETRIES_CEILING = 10
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# --- HTTP transport ---
 TRANSPORTS = ("stdio", "http")
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8000
-# --- end HTTP transport ---
 
 # A header value must be visible ASCII; anything else would be refused by httpx mid-call.
 HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
@@ -50,7 +48,7 @@ class Settings:
     max_retries: int = DEFAULT_MAX_RETRIES
     log_level: str = "INFO"
     workspace: str | None = None  # where connect_account may write a dotenv file
-    # --- HTTP transport ---
+    # the HTTP transport
     transport: str = "stdio"
     http_host: str = DEFAULT_HTTP_HOST
     http_port: int = DEFAULT_HTTP_PORT
@@ -58,7 +56,6 @@ class Settings:
     key_from_client: bool = False
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
-    # --- end HTTP transport ---
 
     @property
     def host(self) -> str:
@@ -87,7 +84,7 @@ class Settings:
         return text
 
 
-# --- HTTP transport: the key a caller sent with the request being served ---
+# The key a caller of the HTTP transport sent with the request being served.
 # Set by the HTTP layer for one request only (a contextvar: concurrent requests never see each
 # other's), read by the client for that request's calls and by `Settings.redact`. Never stored.
 _caller_key: contextvars.ContextVar[SecretStr | None] = contextvars.ContextVar("caller_key", default=None)
@@ -105,9 +102,6 @@ def caller_key_for_request(key: SecretStr | None) -> Iterator[None]:
 def caller_key() -> SecretStr | None:
     """The key sent by the caller of the request being served, if any (per-caller key mode)."""
     return _caller_key.get()
-
-
-# --- end HTTP transport ---
 
 
 def is_loopback(host: str) -> bool:
@@ -236,7 +230,6 @@ def build_parser(version: str) -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="stderr log level (env MODELGATES_LOG_LEVEL, default INFO)",
     )
-    # --- HTTP transport ---
     parser.add_argument(
         "--transport",
         type=str.lower,
@@ -252,7 +245,6 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", help=f"port to listen on with --transport http (env MODELGATES_PORT, default {DEFAULT_HTTP_PORT})"
     )
-    # --- end HTTP transport ---
     return parser
 
 
@@ -290,7 +282,8 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str], version: str 
     )
 
 
-# --- HTTP transport ---
+# ---------------------------------------------------------------- the HTTP transport
+
 _HOST = re.compile(r"[A-Za-z0-9._:%-]+")
 _ORIGIN = re.compile(r"https?://[^/\s?#@]+")
 _TRUE = ("1", "true", "yes", "on")
@@ -372,6 +365,3 @@ def _http_settings(
         "allowed_hosts": _listed(environ.get("MODELGATES_ALLOWED_HOSTS"), "MODELGATES_ALLOWED_HOSTS", _HOST),
         "allowed_origins": _listed(environ.get("MODELGATES_ALLOWED_ORIGINS"), "MODELGATES_ALLOWED_ORIGINS", _ORIGIN),
     }
-
-
-# --- end HTTP transport ---
