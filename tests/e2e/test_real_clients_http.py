@@ -20,11 +20,11 @@ import pytest
 
 from tests.conftest import API_KEY
 from tests.e2e.test_real_clients import (  # the install fixture and helpers are shared
-    ACCEPTED_CODE,
     E2E,
     NAME,
     README,
     SPEC,
+    api,
     check_tool_list,
     client_env,
     explain,
@@ -32,19 +32,12 @@ from tests.e2e.test_real_clients import (  # the install fixture and helpers are
     run,
     subset,
 )
-from tests.fake_api import FakeModelGates, accept_code
+from tests.fake_api import FakeModelGates
 from tests.test_http import HttpServer, start_server
 
-__all__ = ["node_bin"]  # a fixture, imported to be found here
+__all__ = ["api", "node_bin"]  # fixtures, imported to be found here
 
 TOKEN = "tok-e2e-http-5b1f0c9a8d7e6f42"
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[FakeModelGates]:
-    with FakeModelGates(api_key=API_KEY) as fake:
-        accept_code(fake, ACCEPTED_CODE)
-        yield fake
 
 
 @pytest.fixture(scope="module")
