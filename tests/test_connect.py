@@ -265,6 +265,27 @@ async def test_a_form_only_client_gets_the_link_instead_of_an_elicitation(
     assert result["structuredContent"]["status"] == "waiting_for_approval"
 
 
+async def test_a_client_whose_elicitation_fails_gets_the_link_and_the_flow_goes_on(
+    fake: FakeModelGates, ws_settings: Settings, workspace: Path
+) -> None:
+    """A client that declared URL elicitation but answers it with an error (no browser to open, say)
+    still gets a working flow: the link to show, and the listener keeps waiting."""
+
+    async def broken(context: Any, params: types.ElicitRequestParams) -> types.ErrorData:
+        return types.ErrorData(code=types.INTERNAL_ERROR, message="no browser here")
+
+    seen = Seen()
+    async with session(ws_settings, "legacy", seen, elicitation_callback=broken) as client:
+        waiting = seen.add(await client.call_tool("connect_account", {"timeout": 30}))
+        assert waiting["isError"] is False, waiting
+        assert waiting["structuredContent"]["status"] == "waiting_for_approval"
+        page = await browse(waiting["structuredContent"]["authorization_url"])
+        done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["structuredContent"]["flow_id"]}))
+    assert page.status_code == 200 and "Connected" in page.text
+    assert done["structuredContent"]["status"] == "connected"
+    assert stored_key(workspace / ".env").startswith(KEY_PREFIX)
+
+
 # ---------------------------------------------------------------- without URL elicitation
 
 
