@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from mcp_modelgates import __version__
 from mcp_modelgates.config import HEADER_SAFE, Settings, caller_key_for_request, is_loopback
+from mcp_modelgates.server import build_server
 
 logger = logging.getLogger("mcp_modelgates")
 
@@ -177,8 +178,6 @@ def describe(settings: Settings, key_source: str) -> str:
 
 def serve_http(settings: Settings, key_source: str) -> int:
     """Serve until SIGTERM/SIGINT; then in-flight calls get GRACEFUL_SECONDS to finish, and exit 0."""
-    from mcp_modelgates.server import build_server
-
     # connect_account's listener and files live on this machine: the user's only when bound to loopback.
     app = ModelGatesHttpApp(settings, build_server(settings, connect=is_loopback(settings.http_host)))
     if settings.log_level != "DEBUG":

@@ -65,7 +65,7 @@ def test_wheel_holds_the_package_and_py_typed_but_no_tests(dist: dict[str, Path]
         entry_points = whl.read(f"mcp_modelgates-{VERSION}.dist-info/entry_points.txt").decode()
     assert "mcp_modelgates/py.typed" in names
     assert {n.split("/")[0] for n in names} == {"mcp_modelgates", f"mcp_modelgates-{VERSION}.dist-info"}, names
-    assert "mcp-modelgates = mcp_modelgates.server:main" in entry_points
+    assert "mcp-modelgates = mcp_modelgates.cli:main" in entry_points
     requires = [Requirement(ln.split(": ", 1)[1]) for ln in metadata.splitlines() if ln.startswith("Requires-Dist: ")]
     declared = [Requirement(r) for r in PYPROJECT["project"]["dependencies"]]
     assert sorted(str(r) for r in requires if r.marker is None) == sorted(map(str, declared))

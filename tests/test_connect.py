@@ -691,7 +691,7 @@ async def test_the_prompt_and_instructions_lead_with_connect_account_only_when_i
 ) -> None:
     from mcp.shared.exceptions import MCPError
 
-    from mcp_modelgates.server import INSTRUCTIONS, MANUAL_INSTRUCTIONS, PROMPT_NAME
+    from mcp_modelgates.prompt import INSTRUCTIONS, MANUAL_INSTRUCTIONS, PROMPT_NAME
 
     assert INSTRUCTIONS.index("connect_account") < INSTRUCTIONS.index("generate_pkce")
     assert "connect_account" not in MANUAL_INSTRUCTIONS and "exchange_auth_code" in MANUAL_INSTRUCTIONS

@@ -14,7 +14,7 @@ import pytest
 from mcp import Client
 
 from mcp_modelgates import pkce
-from mcp_modelgates.server import INSTRUCTIONS, PROMPT_NAME
+from mcp_modelgates.prompt import INSTRUCTIONS, PROMPT_NAME
 from tests.conftest import ClientFactory, wire
 from tests.fake_api import KEY_PREFIX, FakeModelGates
 

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from mcp_modelgates.cli import RedactingFilter
 from mcp_modelgates.config import Settings
-from mcp_modelgates.server import _RedactingFilter
 from tests.conftest import API_KEY, ClientFactory, run_stdio, stdio_params
 from tests.fake_api import FakeModelGates, Recorded, Reply, accept_code, error_body, s256
 
@@ -128,7 +128,7 @@ def production_log_filter(settings: Settings) -> Iterator[None]:
     """Give every handler that captures this test's logs the filter the server puts on its stderr
     handler, so that the captured records read as stderr would (a whole key masked, as in production)."""
     handlers = list(logging.getLogger().handlers)
-    log_filter = _RedactingFilter(settings)
+    log_filter = RedactingFilter(settings)
     for handler in handlers:
         handler.addFilter(log_filter)
     try:
@@ -268,7 +268,7 @@ def test_the_log_filter_masks_messages_arguments_tracebacks_and_stacks(settings:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    handler.addFilter(_RedactingFilter(settings))
+    handler.addFilter(RedactingFilter(settings))
     logger = logging.getLogger("tests.secrets.filter")
     logger.addHandler(handler)
     logger.propagate = False  # keep the raw key out of pytest's own log capture
