@@ -8,7 +8,11 @@ cap (413, from Content-Length or while a chunked body streams in), then the prot
 
 In per-caller key mode the request's `Authorization: Bearer <key>` is put in a contextvar for
 that request only (`config.caller_key_for_request`); the client forwards it and every message
-masks it, exactly as the configured key.
+masks it, exactly as the configured key. In OAuth mode (MODELGATES_AUTH=oauth) the server is also
+the authorization server (`mcp_modelgates.oauth`, imported only then): its endpoints get their
+`Host` checked and then their own routes, and `/mcp` wants one of its access tokens (401 with
+`WWW-Authenticate: Bearer resource_metadata=...` otherwise, before the method is even looked at);
+the signed-in user's ModelGates key sealed in the token goes into that same contextvar.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import json
 import logging
 import signal
 from contextlib import AsyncExitStack, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -29,7 +34,10 @@ from starlette.types import Receive, Scope, Send
 
 from mcp_modelgates import __version__
 from mcp_modelgates.config import HEADER_SAFE, Settings, caller_key_for_request, is_loopback
-from mcp_modelgates.server import build_server
+from mcp_modelgates.server import SERVER_NAME, build_server
+
+if TYPE_CHECKING:
+    from mcp_modelgates.oauth.routes import OAuthServer
 
 logger = logging.getLogger("mcp_modelgates")
 
@@ -51,6 +59,8 @@ def allowed_hosts(settings: Settings) -> list[str]:
     names = [_bracketed(settings.http_host)]
     if is_loopback(settings.http_host) or settings.http_host in _WILDCARD_BINDS:
         names += ["127.0.0.1", "localhost", "[::1]"]
+    if settings.public_url:  # OAuth mode: the name clients reach it by (a balancer passes it on)
+        names.append(_bracketed(urlsplit(settings.public_url).hostname or ""))
     allowed: list[str] = []
     for name in [*names, *settings.allowed_hosts]:
         forms = [name] if name.endswith(":*") or name.rsplit("]", 1)[-1].count(":") else [name, f"{name}:*"]
@@ -90,8 +100,9 @@ async def _respond(
 class ModelGatesHttpApp:
     """The ASGI app: `/healthz`, and `/mcp` behind the checks described in the module docstring."""
 
-    def __init__(self, settings: Settings, server: Any) -> None:
+    def __init__(self, settings: Settings, server: Any, oauth: OAuthServer | None = None) -> None:
         self._settings = settings
+        self._oauth = oauth
         self._hosts = allowed_hosts(settings)
         self._origins = list(settings.allowed_origins)
         self._token = settings.http_token.get_secret_value().encode() if settings.http_token else None
@@ -126,6 +137,8 @@ class ModelGatesHttpApp:
                         await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
                         return
                     await send({"type": "lifespan.startup.complete"})
+                    if self._oauth is not None:
+                        stack.push_async_callback(self._oauth.aclose)
                 elif message["type"] == "lifespan.shutdown":
                     await stack.aclose()
                     await send({"type": "lifespan.shutdown.complete"})
@@ -139,17 +152,26 @@ class ModelGatesHttpApp:
             else:
                 await _respond(send, 405, headers=[(b"allow", b"GET, HEAD")])
             return
-        if path != MCP_PATH:
+        oauth = self._oauth
+        if path != MCP_PATH and (oauth is None or path not in oauth.paths):
             await _respond(send, 404, b"Not Found")
             return
         headers = Headers(scope=scope)
         if not _matches(headers.get("host", ""), self._hosts):
             await _respond(send, 421, b"Invalid Host header")
             return
+        if oauth is not None and path != MCP_PATH:
+            await oauth(scope, receive, send)  # its routes judge Origin themselves (CORS, same-origin)
+            return
         origin = headers.get("origin")
         if origin is not None and not _matches(origin, self._origins):
             await _respond(send, 403, b"Invalid Origin header")
             return
+        signed_in: SecretStr | None = None
+        if oauth is not None:  # before the method: whatever it sends, a client learns where to sign in
+            signed_in = await self._signed_in_key(oauth, headers, send)
+            if signed_in is None:
+                return
         if method != "POST":
             # Stateless: no GET stream to resume and no session to DELETE.
             await _respond(send, 405, headers=[(b"allow", b"POST")])
@@ -165,11 +187,23 @@ class ModelGatesHttpApp:
                 await _respond(send, 401, headers=[(b"www-authenticate", b"Bearer")])
                 return
             key = SecretStr(credential)
-        with caller_key_for_request(key):
+        with caller_key_for_request(signed_in or key):  # OAuth mode has neither a token nor per-caller keys
             await self.manager.handle_request(scope, receive, send)
+
+    async def _signed_in_key(self, oauth: OAuthServer, headers: Headers, send: Send) -> SecretStr | None:
+        """The ModelGates key sealed in the request's access token; None once a 401 is sent."""
+        credential = _bearer(headers.get("authorization"))
+        access = await oauth.verify(credential) if credential is not None else None
+        if access is None:
+            challenge = oauth.challenge(token_sent="authorization" in headers)
+            await _respond(send, 401, headers=[(b"www-authenticate", challenge)])
+            return None
+        return access.key
 
 
 def describe(settings: Settings, key_source: str) -> str:
+    if settings.oauth:
+        return f"each signed-in user's own key (OAuth sign-in, issuer {settings.public_url})"
     if settings.key_from_client:
         return "each caller's own key (Authorization: Bearer <ModelGates key>)"
     mode = f"shared key {key_source}"
@@ -178,8 +212,16 @@ def describe(settings: Settings, key_source: str) -> str:
 
 def serve_http(settings: Settings, key_source: str) -> int:
     """Serve until SIGTERM/SIGINT; then in-flight calls get GRACEFUL_SECONDS to finish, and exit 0."""
-    # connect_account's listener and files live on this machine: the user's only when bound to loopback.
-    app = ModelGatesHttpApp(settings, build_server(settings, connect=is_loopback(settings.http_host)))
+    # connect_account's listener and files live on this machine: the user's only when bound to loopback,
+    # and never with sign-in, where each user's key is already the one their sign-in created.
+    server = build_server(settings, connect=is_loopback(settings.http_host) and not settings.oauth)
+    oauth: OAuthServer | None = None
+    if settings.oauth:
+        from mcp_modelgates.client import ModelGatesClient
+        from mcp_modelgates.oauth.routes import OAuthServer  # imported only in this mode
+
+        oauth = OAuthServer(settings, ModelGatesClient(settings, f"{SERVER_NAME}/{__version__}"))
+    app = ModelGatesHttpApp(settings, server, oauth)
     if settings.log_level != "DEBUG":
         # The SDK logs "Terminating session: None" at INFO for every stateless request.
         logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)
