@@ -201,6 +201,23 @@ class ModelGatesHttpApp:
         return access.key
 
 
+class _QueryOmitted(logging.Filter):
+    """The access log shows the sign-in endpoints without their query: a client's state, a consent
+    request or the ModelGates code on its way to be exchanged are nobody's business in a log."""
+
+    def __init__(self, paths: frozenset[str]) -> None:
+        super().__init__()
+        self._paths = paths
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            path, mark, _ = args[2].partition("?")
+            if mark and path in self._paths:
+                record.args = (*args[:2], path + "?<omitted>", *args[3:])
+        return True
+
+
 def describe(settings: Settings, key_source: str) -> str:
     if settings.oauth:
         return f"each signed-in user's own key (OAuth sign-in, issuer {settings.public_url})"
@@ -221,6 +238,7 @@ def serve_http(settings: Settings, key_source: str) -> int:
         from mcp_modelgates.oauth.routes import OAuthServer  # imported only in this mode
 
         oauth = OAuthServer(settings, ModelGatesClient(settings, f"{SERVER_NAME}/{__version__}"))
+        logging.getLogger("uvicorn.access").addFilter(_QueryOmitted(oauth.paths))
     app = ModelGatesHttpApp(settings, server, oauth)
     if settings.log_level != "DEBUG":
         # The SDK logs "Terminating session: None" at INFO for every stateless request.

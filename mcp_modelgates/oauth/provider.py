@@ -39,7 +39,7 @@ from mcp_modelgates.oauth.sealing import Sealer, b64url
 from mcp_modelgates.oauth.store import OnceStore
 
 CODE_TTL = 300  # seconds from the callback to the client's token request
-MAX_REDIRECT_URIS = 8
+MAX_REDIRECT_URIS = 4  # a native client registers one; the sealed client id stays short
 MAX_URI_CHARS = 512
 MAX_NAME_CHARS = 100
 

@@ -44,9 +44,11 @@ def _unb64url(text: str) -> bytes | None:
     if not _B64URL.fullmatch(text):  # b64decode would skip stray characters instead of refusing them
         return None
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         return None
+    # The last character may carry unused bits: only the one canonical spelling of a blob opens it.
+    return raw if b64url(raw) == text else None
 
 
 def derive_key(secret: str, issuer: str) -> bytes:
