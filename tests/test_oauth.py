@@ -38,7 +38,7 @@ from pydantic import SecretStr
 from mcp_modelgates.config import ConfigError, caller_key_for_request, load_settings
 from mcp_modelgates.oauth.sealing import Sealer
 from tests.browser import Browser, Page
-from tests.conftest import API_KEY, BOTH_ERAS, server_command
+from tests.conftest import API_KEY, BOTH_ERAS, ROOT, server_command
 from tests.fake_api import KEY_PREFIX, FakeModelGates, Recorded, Reply, s256
 from tests.test_http import HttpServer, clean_env, free_port, start_server
 
@@ -1186,3 +1186,29 @@ def test_no_minted_key_secret_or_token_in_any_log_line(servers: dict[str, HttpSe
         assert "Traceback" not in log, name
         assert "code_challenge=" not in log and "flow=" not in log and "code=auth_code" not in log, name
         assert server.out == b"", name
+
+
+OAUTH_SETTINGS = [
+    "MODELGATES_AUTH",
+    "MODELGATES_PUBLIC_URL",
+    "MODELGATES_OAUTH_SECRET",
+    "MODELGATES_OAUTH_ACCESS_TTL",
+    "MODELGATES_OAUTH_REFRESH_TTL",
+]
+
+
+def test_help_server_json_the_dockerfile_and_the_readme_name_the_oauth_settings() -> None:
+    helped = subprocess.run([*server_command(), "--help"], capture_output=True, text=True, timeout=30).stdout
+    server_json = json.loads((ROOT / "server.json").read_text())
+    (package,) = server_json["packages"]
+    env = {v["name"]: v for v in package["environmentVariables"]}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    readme = (ROOT / "README.md").read_text()
+    hosted = readme[readme.index("## Run it as a hosted server") : readme.index("## Errors and retries")]
+    for name in OAUTH_SETTINGS:
+        assert name in " ".join(helped.split()), name
+        assert name in env and env[name]["isRequired"] is False, name
+        assert name in dockerfile and name in hosted, name
+        assert f"| `{name}` |" in readme, name  # a Configuration row
+    assert env["MODELGATES_OAUTH_SECRET"]["isSecret"] is True
+    assert hosted.index("Sign in with a ModelGates account") < hosted.index("Private or legacy set-ups")
