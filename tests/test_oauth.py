@@ -37,6 +37,7 @@ from pydantic import SecretStr
 
 from mcp_modelgates.config import ConfigError, caller_key_for_request, load_settings
 from mcp_modelgates.oauth.sealing import Sealer
+from tests import test_http
 from tests.browser import Browser, Page
 from tests.conftest import API_KEY, BOTH_ERAS, ROOT, server_command
 from tests.fake_api import KEY_PREFIX, FakeModelGates, Recorded, Reply, s256
@@ -49,17 +50,9 @@ API_TOOLS = ["generate_pkce", "create_auth_code", "exchange_auth_code"]
 
 pytestmark = pytest.mark.anyio
 
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[FakeModelGates]:
-    with FakeModelGates(api_key=API_KEY) as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _fresh_stand_in(api: FakeModelGates) -> None:
-    api.clear()
-    api.handler = None
+# The same stand-in fixtures as the HTTP tests: one per module, reset before each test.
+api = test_http.api
+_fresh_stand_in = test_http._fresh_stand_in
 
 
 def oauth_env(api: FakeModelGates, public_url: str, level: str = "DEBUG", **extra: str) -> dict[str, str]:
