@@ -518,6 +518,7 @@ async def test_mcp_refuses_every_token_this_deployment_did_not_issue_as_an_acces
     (minted,) = api.minted
     _, short_tokens = await tokens_for(short)
     assert call_mcp(short, short_tokens["access_token"]).status_code == 200  # within its 2 seconds
+    later = time.time() + 3600  # valid but for what each case changes
     payload = {"grant": "g", "client": "c", "resource": mcp_url(one), "scopes": [], "key": minted, "user": None}
     bad = {
         "the user's raw ModelGates key": minted,
@@ -532,10 +533,10 @@ async def test_mcp_refuses_every_token_this_deployment_did_not_issue_as_an_acces
         "an authorization code": grant.code,
         "a client id": grant.client.client_id,
         "another deployment's access token": short_tokens["access_token"],
-        "sealed with another secret": Sealer([OTHER_SECRET], origin(one)).seal("access", {**payload, "exp": 2e9}),
-        "sealed for another issuer": Sealer([SECRET], "http://localhost:1").seal("access", {**payload, "exp": 2e9}),
+        "sealed with another secret": Sealer([OTHER_SECRET], origin(one)).seal("access", {**payload, "exp": later}),
+        "sealed for another issuer": Sealer([SECRET], "http://localhost:1").seal("access", {**payload, "exp": later}),
         "sealed for another resource": Sealer([SECRET], origin(one)).seal(
-            "access", {**payload, "resource": "http://localhost:1/mcp", "exp": 2e9}
+            "access", {**payload, "resource": "http://localhost:1/mcp", "exp": later}
         ),
         "expired": Sealer([SECRET], origin(one)).seal("access", {**payload, "exp": time.time() - 1}),
     }

@@ -15,7 +15,7 @@ from mcp_modelgates.oauth.store import MemoryStore
 SECRET = "s" * 32
 NEXT = "n" * 40
 ISSUER = "https://mcp.example.com"
-PAYLOAD = {"key": "sk-mg-v1-" + "ab" * 16, "user": "user_2abc", "exp": time.time() + 60}
+PAYLOAD = {"key": "sk-mg-v1-" + "ab" * 16, "user": "user_2abc", "exp": time.time() + 30 * 86400}  # outlives any run
 
 pytestmark = pytest.mark.anyio
 
