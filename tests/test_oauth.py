@@ -1206,3 +1206,33 @@ def test_help_server_json_the_dockerfile_and_the_readme_name_the_oauth_settings(
         assert f"| `{name}` |" in readme, name  # a Configuration row
     assert env["MODELGATES_OAUTH_SECRET"]["isSecret"] is True
     assert hosted.index("Sign in with a ModelGates account") < hosted.index("Private or legacy set-ups")
+
+
+@pytest.fixture
+def keyring_with_a_key(tmp_path: Any) -> dict[str, str]:
+    """A file keyring holding a key as connect_account stores it; the environment that selects it."""
+    env = {"PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring", "XDG_DATA_HOME": str(tmp_path)}
+    setup = (
+        "import keyring, sys\nkeyring.get_keyring().set_password('mcp-modelgates', 'MODELGATES_API_KEY', sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", setup, API_KEY], env={**clean_env({}), **env}, check=True)
+    return env
+
+
+async def test_oauth_mode_never_takes_the_key_stored_in_the_keyring(
+    api: FakeModelGates, keyring_with_a_key: dict[str, str]
+) -> None:
+    """A stored key would otherwise go with the sign-in's exchange and become a shared key."""
+    port = free_port()
+    server = start_server({**oauth_env(api, f"http://localhost:{port}", level="INFO"), **keyring_with_a_key}, port=port)
+    try:
+        grant = await authorization_code(server)
+        _SERVER_OF[grant.client.redirect_uri] = server
+        access = redeem(server, grant).json()["access_token"]
+        assert call_mcp(server, access, create_call()).json()["result"]["isError"] is False
+    finally:
+        assert server.stop() == 0
+    exchange, create = [r for r in api.requests if r.method == "POST"]
+    assert "authorization" not in exchange.headers  # the sign-in's exchange goes without any key
+    assert create.headers["authorization"] == f"Bearer {api.minted[0]}"
+    assert "each signed-in user's own key (OAuth sign-in" in server.stderr
