@@ -53,6 +53,13 @@ pytestmark = pytest.mark.anyio
 # The same stand-in fixtures as the HTTP tests: one per module, reset before each test.
 api = test_http.api
 _fresh_stand_in = test_http._fresh_stand_in
+MINTED: list[str] = []  # every key the stand-in minted in this module, for the last test's log check
+
+
+@pytest.fixture(autouse=True)
+def _remember_minted_keys(api: FakeModelGates) -> Iterator[None]:
+    yield
+    MINTED.extend(api.minted)
 
 
 def oauth_env(api: FakeModelGates, public_url: str, level: str = "DEBUG", **extra: str) -> dict[str, str]:
@@ -1167,21 +1174,6 @@ def test_redact_masks_the_secrets_and_the_signed_in_users_key() -> None:
     assert settings.redact(user_key) == user_key  # outside that user's request, nothing to mask
 
 
-def test_no_minted_key_secret_or_token_in_any_log_line(servers: dict[str, HttpServer]) -> None:
-    assert all("sign-in completed" in server.stderr for server in (servers["one"], servers["short"]))
-    # The sign-in endpoints are logged without their query (state, consent request, ModelGates code).
-    assert '"GET /oauth/callback?<omitted> HTTP/1.1" 302' in servers["one"].stderr
-    assert '"GET /authorize?<omitted> HTTP/1.1" 200' in servers["one"].stderr
-    for name, server in servers.items():
-        log = server.stderr
-        assert '"POST /mcp HTTP/1.1" 200' in log, name  # the access log is on, so this check sees it
-        assert SECRET not in log and API_KEY not in log, name
-        assert KEY_PREFIX not in log, f"{name} logged a minted key"
-        assert "Traceback" not in log, name
-        assert "code_challenge=" not in log and "flow=" not in log and "code=auth_code" not in log, name
-        assert server.out == b"", name
-
-
 OAUTH_SETTINGS = [
     "MODELGATES_AUTH",
     "MODELGATES_PUBLIC_URL",
@@ -1236,3 +1228,20 @@ async def test_oauth_mode_never_takes_the_key_stored_in_the_keyring(
     assert "authorization" not in exchange.headers  # the sign-in's exchange goes without any key
     assert create.headers["authorization"] == f"Bearer {api.minted[0]}"
     assert "each signed-in user's own key (OAuth sign-in" in server.stderr
+
+
+def test_no_minted_key_secret_or_token_in_any_log_line(servers: dict[str, HttpServer]) -> None:
+    assert len(MINTED) >= 10  # the sign-ins of this module's tests
+    assert all("sign-in completed" in server.stderr for server in (servers["one"], servers["short"]))
+    # The sign-in endpoints are logged without their query (state, consent request, ModelGates code).
+    assert '"GET /oauth/callback?<omitted> HTTP/1.1" 302' in servers["one"].stderr
+    assert '"GET /authorize?<omitted> HTTP/1.1" 200' in servers["one"].stderr
+    for name, server in servers.items():
+        log = server.stderr
+        assert '"POST /mcp HTTP/1.1" 200' in log, name  # the access log is on, so this check sees it
+        assert SECRET not in log and API_KEY not in log, name
+        assert KEY_PREFIX not in log, f"{name} logged a minted key"
+        assert not [form for key in MINTED for form in encodings(key) if form in log], f"{name} logged an encoded key"
+        assert "Traceback" not in log, name
+        assert "code_challenge=" not in log and "flow=" not in log and "code=auth_code" not in log, name
+        assert server.out == b"", name
