@@ -76,6 +76,16 @@ def new_id() -> str:
     return secrets.token_urlsafe(18)
 
 
+def _granted(data: dict[str, Any]) -> dict[str, Any]:
+    """What a code and the tokens of its grant all carry: scopes, audience, the user and their key."""
+    return {
+        "scopes": data["scopes"],
+        "resource": data["resource"],
+        "key": SecretStr(data["key"]),
+        "user_id": data["user"],
+    }
+
+
 def redirect_uri_problem(uri: str) -> str | None:
     """Why a redirect URI may not be registered, or None: https, or http on a loopback host
     (any port, RFC 8252 section 7.3); no user info, no fragment (RFC 6749 section 3.1.2)."""
@@ -184,16 +194,13 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
             return None
         return SealedCode(
             code=authorization_code,
-            scopes=data["scopes"],
             expires_at=data["exp"],
             client_id=client.client_id,
             code_challenge=data["challenge"],
             redirect_uri=AnyUrl(data["redirect_uri"]),
             redirect_uri_provided_explicitly=data["explicit"],
-            resource=data["resource"],
             id=data["id"],
-            key=SecretStr(data["key"]),
-            user_id=data["user"],
+            **_granted(data),
         )
 
     def _check_resource(self, bound: str | None) -> None:
@@ -260,13 +267,10 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
         return SealedRefreshToken(
             token=refresh_token,
             client_id=client.client_id,
-            scopes=data["scopes"],
             expires_at=int(data["exp"]),
-            resource=data["resource"],
             id=data["id"],
             grant=data["grant"],
-            key=SecretStr(data["key"]),
-            user_id=data["user"],
+            **_granted(data),
         )
 
     async def exchange_refresh_token(
@@ -291,14 +295,7 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
         if await self.store.is_marked(f"grant:{data['grant']}"):
             return None
         return SealedAccessToken(
-            token=token,
-            client_id=data["client"],
-            scopes=data["scopes"],
-            expires_at=int(data["exp"]),
-            resource=self.resource,
-            grant=data["grant"],
-            key=SecretStr(data["key"]),
-            user_id=data["user"],
+            token=token, client_id=data["client"], expires_at=int(data["exp"]), grant=data["grant"], **_granted(data)
         )
 
     async def end_grant(self, grant: str) -> None:
