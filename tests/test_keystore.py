@@ -3,6 +3,8 @@ atomic replacement, concurrent saves (threads and processes), the keyring throug
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import stat
@@ -10,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keyring
@@ -402,7 +406,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
         assert (ws / ".env").read_bytes() == old
 
 
-@pytest.mark.parametrize("swap", ["file", "parent"])
+@pytest.mark.parametrize("swap", ["file", "parent", "parent-inside", "workspace"])
 def test_save_rechecks_for_a_symlink_swapped_in_since_plan(ws: Path, outside: Path, swap: str) -> None:
     (ws / "config").mkdir()
     (ws / "config" / ".env").write_bytes(b"A=1\n")
@@ -410,14 +414,119 @@ def test_save_rechecks_for_a_symlink_swapped_in_since_plan(ws: Path, outside: Pa
     if swap == "file":
         (ws / "config" / ".env").unlink()
         (ws / "config" / ".env").symlink_to(outside / ".env")
-    else:
+    elif swap == "parent":
         (ws / "config").rename(ws / "moved")
         (ws / "config").symlink_to(outside)
+    elif swap == "parent-inside":  # still inside, but not the file plan() checked
+        (ws / "config").rename(ws / "moved")
+        (ws / "config").symlink_to(ws / "moved")
+    else:  # another folder now has the workspace's name, with the same layout
+        ws.rename(ws.with_name("project.moved"))
+        (ws / "config").mkdir(parents=True)
+        (ws / "config" / ".env").write_bytes(b"A=1\n")
     before = tree(ws, outside)
     with pytest.raises(StoreError, match=r"^env_file: .* changed since the flow started"):
         save(destination, NEW_KEY)
     assert tree(ws, outside) == before
     assert (outside / ".env").read_bytes() == b"SECRET=outside\n"
+
+
+def holds_key(data: bytes, key: str = NEW_KEY) -> bool:
+    """Whether `data` holds any 6-character run of `key`: part of a key is a leak too."""
+    return any(key[i : i + 6].encode() in data for i in range(len(key) - 5))
+
+
+def key_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink() and holds_key(p.read_bytes())]
+
+
+def test_a_folder_flipped_for_a_symlink_during_saves_never_puts_the_key_outside(ws: Path, outside: Path) -> None:
+    """Someone who may rename entries in the workspace swaps `config` for a symlink to a folder
+    outside and back, as fast as it can, while saves run: each lands inside or is refused."""
+    (ws / "config").mkdir()
+    destination = plan("env_file", "config/.env", VAR, ws)
+    stop = threading.Event()
+
+    def flip() -> None:
+        config, real = ws / "config", ws / "config.real"
+        while not stop.is_set():
+            config.rename(real)
+            config.symlink_to(outside)
+            time.sleep(0)  # let a save run in either state
+            config.unlink()
+            real.rename(config)
+            time.sleep(0)
+
+    saved: list[str] = []
+    refused: list[str] = []
+    flipper = threading.Thread(target=flip)
+    deadline = time.monotonic() + 60
+    flipper.start()
+    try:
+        for i in range(300):
+            if time.monotonic() > deadline:
+                break
+            try:  # a variable of its own per save: every save that succeeds leaves its own line
+                save(dataclasses.replace(destination, env_var=f"KEY_{i}"), f"{NEW_KEY}-{i}")
+            except StoreError as exc:
+                refused.append(str(exc))
+            else:
+                saved.append(f"KEY_{i}={NEW_KEY}-{i}")
+    finally:
+        stop.set()
+        flipper.join(timeout=10)
+    assert key_files(outside) == []
+    assert (outside / ".env").read_bytes() == b"SECRET=outside\n"
+    assert sorted(p.name for p in outside.iterdir()) == [".env"]
+    assert [m for m in refused if not m.startswith("env_file: ") or "changed since the flow started" not in m] == []
+    written = (ws / "config" / ".env").read_text().splitlines() if saved else []
+    assert sorted(written) == sorted(saved)  # each success landed inside; no refusal left a line
+    assert sorted(p.name for p in ws.iterdir()) == ["config"] and not (ws / "config").is_symlink()
+    save(destination, NEW_KEY)  # once the path holds still, the same destination works
+    assert f"{VAR}={NEW_KEY}" in (ws / "config" / ".env").read_text().splitlines()
+
+
+@pytest.mark.parametrize("when", ["before-the-lock", "while-writing"])
+def test_a_folder_moved_out_of_the_workspace_mid_save_keeps_no_key_there(
+    ws: Path, outside: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """The folder, already open, is renamed to a place outside the workspace: an open descriptor
+    follows it there, so the save must notice before writing, or take the file back."""
+    (ws / "config").mkdir()
+    (ws / "config" / ".env").write_bytes(b"A=1\n")
+    destination = plan("env_file", "config/.env", VAR, ws)
+    moved = outside / "config"
+    if when == "before-the-lock":
+        lock = keystore._folder_lock
+
+        @contextlib.contextmanager
+        def moving_lock(dir_fd: int) -> Iterator[None]:
+            (ws / "config").rename(moved)
+            with lock(dir_fd):
+                yield
+
+        monkeypatch.setattr(keystore, "_folder_lock", moving_lock)
+    else:
+        render = keystore.updated_dotenv
+
+        def moving_render(old: bytes | None, env_var: str, value: str) -> bytes:
+            (ws / "config").rename(moved)
+            return render(old, env_var, value)
+
+        monkeypatch.setattr(keystore, "updated_dotenv", moving_render)
+    with pytest.raises(StoreError) as caught:
+        save(destination, NEW_KEY)
+    message = str(caught.value)
+    assert message.startswith("env_file: ") and repr(str(ws / "config" / ".env")) in message
+    assert NEW_KEY not in message and "\n" not in message
+    assert key_files(outside) == [] and key_files(ws) == []
+    if when == "before-the-lock":
+        assert "changed since the flow started" in message
+        assert [p.name for p in moved.iterdir()] == [".env"]
+        assert (moved / ".env").read_bytes() == b"A=1\n"  # nothing was written
+    else:
+        assert "moved out of the workspace during the save; the key was not left there" in message
+        assert list(moved.iterdir()) == []  # no private folder left either
 
 
 def test_concurrent_saves_from_threads_keep_both_lines(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
