@@ -426,6 +426,14 @@ else:
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # A folder on the way to the file, opened without following a symlink in its place.
 _FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_NOFOLLOW | _CLOEXEC
+# The new content is first written to a file named `.env` inside a private folder with this name
+# beside the target: any gitignore that ignores `.env` (GitHub's Python one does; none ignores
+# `*.tmp`) ignores it at every moment, whatever the target is called.
+_SAVE_FOLDER = ".mcp-modelgates-save."
+_SAVE_FOLDER_NAME = re.compile(re.escape(_SAVE_FOLDER) + r"[0-9a-f]{12}")
+_STAGED = ".env"
+# Earlier versions staged `<target>.<12 hex>.tmp` beside the target; a crash could leave one behind.
+_OLD_TEMPORARY = re.compile(r"(?P<target>.+)\.[0-9a-f]{12}\.tmp")
 _MAX_CLIMB = 256  # folders climbed back towards the workspace before giving up
 
 
@@ -493,6 +501,41 @@ def _within(dir_fd: int, workspace: os.stat_result) -> bool:
         os.close(fd)
 
 
+def _remove_save_folder(name: str, dir_fd: int) -> None:
+    fd = os.open(name, _FOLDER_FLAGS, dir_fd=dir_fd)
+    try:
+        for entry in os.listdir(fd):
+            os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _clean_leftovers(dir_fd: int) -> None:
+    """Remove what a save killed part-way left in this folder (a private save folder, or an earlier
+    version's temporary file), when this user owns it. Called under the folder lock, so no save in
+    progress can own one. Best effort: a leftover that cannot be removed stays."""
+    try:
+        names = os.listdir(dir_fd)
+    except OSError:
+        return
+    for name in names:
+        old = _OLD_TEMPORARY.fullmatch(name)
+        ours = _SAVE_FOLDER_NAME.fullmatch(name) is not None
+        if not ours and (old is None or not _is_dotenv_name(old["target"])):
+            continue
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if info.st_uid != os.geteuid():
+                continue
+            if ours and stat.S_ISDIR(info.st_mode):
+                _remove_save_folder(name, dir_fd)
+            elif not ours and stat.S_ISREG(info.st_mode):
+                os.unlink(name, dir_fd=dir_fd)
+        except OSError as exc:
+            log.debug("could not remove the leftover %s (%s)", _show(name), exc.strerror)
+
+
 def _read_existing(name: str, dir_fd: int, path: Path) -> tuple[bytes | None, os.stat_result | None]:
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
     try:
@@ -510,28 +553,45 @@ def _read_existing(name: str, dir_fd: int, path: Path) -> tuple[bytes | None, os
         return file.read(), info
 
 
-def _replace(name: str, dir_fd: int, data: bytes, previous: os.stat_result | None) -> None:
-    """Write `data` to a temporary file beside `name`, fsync it, and rename it over `name`."""
-    temp = f"{name}.{secrets.token_hex(6)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
-    fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+def _write_staged(folder_fd: int, data: bytes, previous: os.stat_result | None) -> None:
+    fd = os.open(_STAGED, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o600, dir_fd=folder_fd)
     try:
+        if previous is not None:
+            with contextlib.suppress(OSError):  # only root can give a file away; keep ours then
+                os.fchown(fd, previous.st_uid, previous.st_gid)
+        os.fchmod(fd, stat.S_IMODE(previous.st_mode) if previous is not None else 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace(name: str, dir_fd: int, data: bytes, previous: os.stat_result | None) -> None:
+    """Write `data` to `.env` in a fresh private folder (0700) beside `name`, fsync it, and rename it
+    over `name`; the private folder goes again. A crash at any point leaves the old or the new file,
+    and at most a private folder that the next save removes."""
+    folder = f"{_SAVE_FOLDER}{secrets.token_hex(6)}"
+    os.mkdir(folder, 0o700, dir_fd=dir_fd)
+    try:
+        folder_fd = os.open(folder, _FOLDER_FLAGS, dir_fd=dir_fd)
         try:
-            if previous is not None:
-                with contextlib.suppress(OSError):  # only root can give a file away; keep ours then
-                    os.fchown(fd, previous.st_uid, previous.st_gid)
-            os.fchmod(fd, stat.S_IMODE(previous.st_mode) if previous is not None else 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if os.fstat(folder_fd).st_uid != os.geteuid():  # swapped for someone else's since mkdir
+                raise OSError(errno.EPERM, "the private folder is not ours")
+            os.fchmod(folder_fd, 0o700)  # the umask may have left it unusable, never wider
+            try:
+                _write_staged(folder_fd, data, previous)
+                os.replace(_STAGED, name, src_dir_fd=folder_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(_STAGED, dir_fd=folder_fd)
+                raise
         finally:
-            os.close(fd)
-        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
+            os.close(folder_fd)
+    finally:
         with contextlib.suppress(OSError):
-            os.unlink(temp, dir_fd=dir_fd)
-        raise
+            os.rmdir(folder, dir_fd=dir_fd)
     with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows
         os.fsync(dir_fd)
 
@@ -546,6 +606,7 @@ def _save_env_file(destination: Destination, key: str) -> None:
         with _folder_lock(dir_fd):
             if not _within(dir_fd, workspace):
                 raise _changed(path)
+            _clean_leftovers(dir_fd)
             old, previous = _read_existing(path.name, dir_fd, path)
             try:
                 _replace(path.name, dir_fd, updated_dotenv(old, destination.env_var, value), previous)
@@ -572,16 +633,18 @@ def save(destination: Destination, key: str) -> None:
     `export VAR=` line (also with spaces around `=`) for env_var is replaced (keeping its indent,
     `export ` prefix and separator; later duplicate lines for it are dropped), else one line is appended
     (after a newline when the file did not end with one; in the file's own line ending). The value is
-    bare, or quoted when it needs it, so that dotenv parsers read it back exactly. The new content goes
-    to a temporary file in the same folder, fsync'd and os.replace'd over the old one (keeping the old
-    file's mode, and owner where allowed; new files 0600), so a crash leaves the old or the new file.
+    bare, or quoted when it needs it, so that dotenv parsers read it back exactly. The old file's mode
+    is kept, and its owner where allowed.
 
     The folder is reached from the workspace one component at a time without following a symlink,
     so the bytes land inside the workspace whatever happens to the path meanwhile; a symlink or a
-    moved folder there is a StoreError. An exclusive flock on the folder spans read-modify-replace,
-    so concurrent saves (threads or processes) lose no line. keyring:
-    keyring.set_password(KEYRING_SERVICE, env_var, key). Errors -> StoreError (never containing the
-    key). The key is never logged. Synchronous: call it from a worker thread in async code."""
+    moved folder there is a StoreError. The new content goes to `.env` in a private folder beside
+    the file, fsync'd and renamed over it, so a crash leaves the old or the new file and no key in
+    a file that a gitignore with `.env` misses; the next save removes such leftovers. An exclusive
+    flock on the folder spans read-modify-replace, so concurrent saves (threads or processes) lose
+    no line. keyring: keyring.set_password(KEYRING_SERVICE, env_var, key). Errors -> StoreError
+    (never containing the key). The key is never logged. Synchronous: call it from a worker thread
+    in async code."""
     if destination.store == "keyring":
         _save_keyring(destination, key)
     else:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -527,6 +528,116 @@ def test_a_folder_moved_out_of_the_workspace_mid_save_keeps_no_key_there(
     else:
         assert "moved out of the workspace during the save; the key was not left there" in message
         assert list(moved.iterdir()) == []  # no private folder left either
+
+
+# The "Environments" section of GitHub's Python.gitignore (github/gitignore), copied: it ignores
+# `.env` anywhere, but no `*.tmp` and no other dotenv name.
+STOCK_PYTHON_GITIGNORE = """\
+# Environments
+.env
+.envrc
+.venv
+env/
+venv/
+ENV/
+env.bak/
+venv.bak/
+"""
+
+# Saves once, dying by SIGKILL just before the Nth file-system call of the save (a write is cut
+# short first: all but its last 8 bytes go out); N = 0 runs to the end and prints the count.
+CRASHING_SAVE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from mcp_modelgates import keystore
+    ws, env_file, key, crash_at = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    destination = keystore.plan("env_file", env_file, "MODELGATES_API_KEY", ws)
+    calls = 0
+    def crashing(name, real):
+        def call(*args, **kwargs):
+            global calls
+            calls += 1
+            if calls == crash_at:
+                if name == "write":
+                    real(args[0], bytes(args[1])[:-8])
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+        return call
+    for name in ("open", "mkdir", "write", "fsync", "fchmod", "fchown", "replace", "rename", "unlink", "rmdir"):
+        setattr(os, name, crashing(name, getattr(os, name)))
+    keystore.save(destination, key)
+    print(calls)
+    """
+)
+
+
+def git(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """git in `ws`, blind to the machine's own configuration (a global excludes file would judge too)."""
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    return subprocess.run(["git", *args], cwd=ws, env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("env_file", [".env", "config/.env.local"])
+def test_a_save_killed_at_any_step_leaves_no_key_that_git_would_pick_up(tmp_path: Path, env_file: str) -> None:
+    old = b"# settings\nOTHER=1\n"
+    new = old + f"{VAR}={NEW_KEY}\n".encode()
+
+    def project(name: str) -> Path:
+        ws = tmp_path / name
+        (ws / "config").mkdir(parents=True)
+        assert git(ws, "init", "-q").returncode == 0
+        (ws / ".gitignore").write_text(STOCK_PYTHON_GITIGNORE)
+        (ws / env_file).write_bytes(old)
+        return ws
+
+    def crash(ws: Path, crash_at: int) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-c", CRASHING_SAVE, str(ws), env_file, NEW_KEY, str(crash_at)]
+        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    whole = crash(project("whole"), 0)
+    assert whole.returncode == 0, whole.stderr
+    steps = int(whole.stdout)
+    assert 5 < steps < 80
+    staged_seen = 0
+    for crash_at in range(1, steps + 1):
+        ws = project(f"crash{crash_at}")
+        target = ws / env_file
+        died = crash(ws, crash_at)
+        assert died.returncode == -signal.SIGKILL, (crash_at, died.stderr)
+        assert target.read_bytes() in (old, new), crash_at  # the old file or the new one, never a mix
+        others = [p for p in key_files(ws) if p != target]
+        staged_seen += bool(others)
+        relative = [str(p.relative_to(ws)) for p in others]
+        judged = git(ws, "check-ignore", "--", *relative).stdout.split() if relative else []
+        assert sorted(judged) == sorted(relative), (crash_at, "git would pick up", set(relative) - set(judged))
+        # The next save cleans up after the crashed one.
+        save(plan("env_file", env_file, VAR, ws), NEW_KEY)
+        assert target.read_bytes() == new
+        left = {str(p.relative_to(ws)) for p in ws.rglob("*") if p.relative_to(ws).parts[0] != ".git"}
+        assert left == {".gitignore", "config", env_file}, crash_at
+    assert staged_seen > 0  # some crashes did catch the new key on its way
+
+
+def test_leftovers_of_crashed_saves_are_removed_and_nothing_else(ws: Path) -> None:
+    (ws / ".env").write_bytes(b"A=1\n")
+    staged = ws / ".mcp-modelgates-save.0123456789ab"
+    staged.mkdir(mode=0o700)
+    (staged / ".env").write_bytes(b"A=1\nMODELGATES_API_KEY=sk-half-writ")
+    (ws / ".mcp-modelgates-save.ba9876543210").mkdir()  # a crash after the rename: empty
+    (ws / ".env.5f3a9c0e1b2d.tmp").write_bytes(b"MODELGATES_API_KEY=sk-half")  # an earlier version's
+    (ws / "prod.env.00ff00ff00ff.tmp").write_bytes(b"MODELGATES_API_KEY=sk-half")
+    kept = [".env.backup.tmp", "notes.5f3a9c0e1b2d.tmp", ".env.example.5f3a9c0e1b2d.tmp", ".mcp-modelgates-save.mine"]
+    for name in kept:
+        (ws / name).write_bytes(b"not a leftover of a save")
+    if os.geteuid() == 0:  # someone else's leftover is theirs to remove
+        theirs = ws / ".mcp-modelgates-save.00000000abcd"
+        theirs.mkdir()
+        os.chown(theirs, 65534, 65534)
+        kept.append(theirs.name)
+    save(plan("env_file", ".env", VAR, ws), NEW_KEY)
+    assert sorted(p.name for p in ws.iterdir()) == sorted([".env", *kept])
+    assert (ws / ".env").read_bytes() == f"A=1\n{VAR}={NEW_KEY}\n".encode()
 
 
 def test_concurrent_saves_from_threads_keep_both_lines(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
