@@ -90,9 +90,11 @@ def _result(flow: Flow, outcome: Outcome | None) -> tuple[ConnectAccountResult, 
         result.key_preview = outcome.key_preview or MISSING
         result.user_id = outcome.user_id
         owner = f" for user {outcome.user_id}" if outcome.user_id else ""
+        # The detail of a success is what the save changed besides the key (a tightened file mode).
         return result, (
             f"Connected the ModelGates account{owner}: the new key ({outcome.key_preview}) is saved to "
             f"{dest.saved_to} as {dest.env_var}. The key itself is not shown here."
+            + (f" {outcome.detail}" if outcome.detail else "")
         )
     result.error = outcome.detail
     if outcome.status == "failed":

@@ -559,7 +559,7 @@ def _write_staged(folder_fd: int, data: bytes, previous: os.stat_result | None) 
         if previous is not None:
             with contextlib.suppress(OSError):  # only root can give a file away; keep ours then
                 os.fchown(fd, previous.st_uid, previous.st_gid)
-        os.fchmod(fd, stat.S_IMODE(previous.st_mode) if previous is not None else 0o600)
+        os.fchmod(fd, 0o600)  # a live key is for its owner alone, whatever the old file allowed
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -596,7 +596,14 @@ def _replace(name: str, dir_fd: int, data: bytes, previous: os.stat_result | Non
         os.fsync(dir_fd)
 
 
-def _save_env_file(destination: Destination, key: str) -> None:
+def _tightened(path: Path, previous: os.stat_result | None) -> str:
+    mode = stat.S_IMODE(previous.st_mode) if previous is not None else 0o600
+    if not mode & 0o077:
+        return ""
+    return f"The mode of {path} was tightened from {mode:04o} to 0600, so that only its owner can read the key."
+
+
+def _save_env_file(destination: Destination, key: str) -> str:
     path = destination.path
     if path is None:
         raise StoreError("env_file: the destination has no file path")
@@ -625,16 +632,19 @@ def _save_env_file(destination: Destination, key: str) -> None:
     finally:
         os.close(dir_fd)
     log.info("saved %s to %s", destination.env_var, path)
+    return _tightened(path, previous)
 
 
-def save(destination: Destination, key: str) -> None:
-    """Store the key. env_file: a new file is created with mode 0600; an existing file keeps every other
-    line byte for byte (line endings, comments, missing final newline...); an existing `VAR=` or
+def save(destination: Destination, key: str) -> str:
+    """Store the key; return a sentence for the user about what else changed ("" when nothing did).
+
+    env_file: the file ends up with mode 0600 (an existing file keeps its owner where allowed; a
+    wider mode is tightened, and the sentence says so); an existing file keeps every other line
+    byte for byte (line endings, comments, missing final newline...); an existing `VAR=` or
     `export VAR=` line (also with spaces around `=`) for env_var is replaced (keeping its indent,
-    `export ` prefix and separator; later duplicate lines for it are dropped), else one line is appended
-    (after a newline when the file did not end with one; in the file's own line ending). The value is
-    bare, or quoted when it needs it, so that dotenv parsers read it back exactly. The old file's mode
-    is kept, and its owner where allowed.
+    `export ` prefix and separator; later duplicate lines for it are dropped), else one line is
+    appended (after a newline when the file did not end with one; in the file's own line ending).
+    The value is bare, or quoted when it needs it, so that dotenv parsers read it back exactly.
 
     The folder is reached from the workspace one component at a time without following a symlink,
     so the bytes land inside the workspace whatever happens to the path meanwhile; a symlink or a
@@ -647,5 +657,5 @@ def save(destination: Destination, key: str) -> None:
     in async code."""
     if destination.store == "keyring":
         _save_keyring(destination, key)
-    else:
-        _save_env_file(destination, key)
+        return ""
+    return _save_env_file(destination, key)

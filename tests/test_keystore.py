@@ -341,10 +341,10 @@ EXISTING = [
 @pytest.mark.parametrize(("old", "new"), EXISTING)
 def test_save_into_an_existing_file_changes_only_the_variable(ws: Path, old: bytes, new: bytes) -> None:
     (ws / ".env").write_bytes(old)
-    (ws / ".env").chmod(0o640)
-    save(plan("env_file", ".env", VAR, ws), NEW_KEY)
+    (ws / ".env").chmod(0o600)
+    assert save(plan("env_file", ".env", VAR, ws), NEW_KEY) == ""  # nothing else changed
     assert (ws / ".env").read_bytes() == new.replace(b"NEW", NEW_KEY.encode())
-    assert stat.S_IMODE((ws / ".env").stat().st_mode) == 0o640  # the old file's mode is kept
+    assert stat.S_IMODE((ws / ".env").stat().st_mode) == 0o600
     assert sorted(p.name for p in ws.iterdir()) == [".env"]
 
 
@@ -638,6 +638,29 @@ def test_leftovers_of_crashed_saves_are_removed_and_nothing_else(ws: Path) -> No
     save(plan("env_file", ".env", VAR, ws), NEW_KEY)
     assert sorted(p.name for p in ws.iterdir()) == sorted([".env", *kept])
     assert (ws / ".env").read_bytes() == f"A=1\n{VAR}={NEW_KEY}\n".encode()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o666, 0o640, 0o604, 0o620, 0o600, 0o400])
+def test_a_file_that_holds_the_key_is_readable_by_its_owner_alone(ws: Path, mode: int) -> None:
+    env = ws / ".env"
+    env.write_bytes(b"A=1\n")
+    env.chmod(mode)
+    note = save(plan("env_file", ".env", VAR, ws), NEW_KEY)
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    tightened = f"The mode of {env} was tightened from {mode:04o} to 0600, so that only its owner can read the key."
+    assert note == (tightened if mode & 0o077 else "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_file_another_user_owns_keeps_its_owner_and_becomes_0600(ws: Path) -> None:
+    """Root saving into a user's workspace (a container, say): the file stays the user's."""
+    env = ws / ".env"
+    env.write_bytes(b"A=1\n")
+    os.chown(env, 65534, 65534)
+    env.chmod(0o666)
+    save(plan("env_file", ".env", VAR, ws), NEW_KEY)
+    info = env.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65534, 0o600)
 
 
 def test_concurrent_saves_from_threads_keep_both_lines(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
