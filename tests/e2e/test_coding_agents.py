@@ -45,11 +45,12 @@ if os.environ.get(SWITCH) != "1":  # one skip for the whole module: one line in 
 from tests.conftest import API_KEY, server_command  # noqa: E402
 from tests.e2e.model_stand_in import ModelStandIn  # noqa: E402
 from tests.e2e.test_real_clients import E2E, NAME, README, SPEC, explain, install_pinned  # noqa: E402
+from tests.e2e.test_real_clients_http import TOKEN, server  # noqa: E402  (shared key with a token)
 from tests.fake_api import KEY_PREFIX, FakeModelGates, accept_code  # noqa: E402
-from tests.test_http import HttpServer, start_server  # noqa: E402
+from tests.test_http import HttpServer  # noqa: E402
 
 AGENTS = E2E / "agents"
-TOKEN = "tok-e2e-agents-3c1d9e7f5a2b4c6d"
+__all__ = ["server"]  # a fixture, imported to be found here
 TIMEOUT = 180  # seconds per agent command; a hung agent fails its test instead of CI
 PLACEHOLDER = "/path/to/mcp-modelgates/.venv/bin/mcp-modelgates"
 HOSTED = "https://mcp.example.com/mcp"
@@ -78,16 +79,6 @@ def api() -> Iterator[FakeModelGates]:
 def fresh_api(api: FakeModelGates) -> FakeModelGates:
     api.clear()
     return api
-
-
-@pytest.fixture(scope="module")
-def http_server(api: FakeModelGates) -> Iterator[HttpServer]:
-    """Shared-key mode with a bearer token, on a free loopback port."""
-    env = {"MODELGATES_API_KEY": API_KEY, "MODELGATES_BASE_URL": api.base_url, "MODELGATES_HTTP_TOKEN": TOKEN}
-    started = start_server(env)
-    yield started
-    assert started.stop() == 0
-    assert TOKEN not in started.stderr and API_KEY not in started.stderr
 
 
 def assert_create_reached(api: FakeModelGates) -> None:
@@ -403,14 +394,14 @@ def test_codex_stdio_connects_lists_the_tools_and_calls_one(
 
 
 def test_codex_over_http_with_the_readme_line(
-    agents_bin: Path, fresh_api: FakeModelGates, http_server: HttpServer, tmp_path: Path
+    agents_bin: Path, fresh_api: FakeModelGates, server: HttpServer, tmp_path: Path
 ) -> None:
     with ModelStandIn(calls=[CREATE]) as model:
         codex = new_codex(agents_bin, tmp_path, model)
-        argv = http_argv("codex mcp add ", http_server)
+        argv = http_argv("codex mcp add ", server)
         added(codex(*argv))
         token_var = argv[argv.index("--bearer-token-env-var") + 1]
-        assert codex_entry(codex) == {"url": http_server.url, "bearer_token_env_var": token_var}
+        assert codex_entry(codex) == {"url": server.url, "bearer_token_env_var": token_var}
         with CodexAppServer(codex, **{token_var: TOKEN}) as app:
             thread = app.start_thread()
             check_codex_status(app.server_status(thread))
@@ -497,13 +488,13 @@ def test_gemini_stdio_connects_lists_the_tools_and_calls_one(
     assert_create_reached(fresh_api)
 
 
-def test_gemini_over_http_with_the_readme_line(agents_bin: Path, http_server: HttpServer, tmp_path: Path) -> None:
+def test_gemini_over_http_with_the_readme_line(agents_bin: Path, server: HttpServer, tmp_path: Path) -> None:
     gemini = new_gemini(agents_bin, tmp_path)
-    added(gemini(*http_argv("gemini mcp add ", http_server)))
+    added(gemini(*http_argv("gemini mcp add ", server)))
     entry = json.loads((gemini.home / ".gemini" / "settings.json").read_text())["mcpServers"][NAME]
     assert (entry["type"], entry["url"], entry["headers"]) == (
         "http",
-        http_server.url,
+        server.url,
         {"Authorization": f"Bearer {TOKEN}"},
     )
     gemini_connected(gemini)
@@ -543,10 +534,10 @@ def test_copilot_stdio_connects_lists_the_tools_and_calls_one(
 
 
 def test_copilot_over_http_with_the_readme_line(
-    agents_bin: Path, fresh_api: FakeModelGates, http_server: HttpServer, tmp_path: Path
+    agents_bin: Path, fresh_api: FakeModelGates, server: HttpServer, tmp_path: Path
 ) -> None:
     copilot = new_copilot(agents_bin, tmp_path)
-    added(copilot(*http_argv("copilot mcp add ", http_server)))
+    added(copilot(*http_argv("copilot mcp add ", server)))
     with ModelStandIn(calls=[CREATE]) as model:
         (done,) = copilot_prompt(copilot, model, "Create a ModelGates authorization code for my callback.")
     assert done["success"] is True and "auth_code_" in done["result"]["content"], done
@@ -657,9 +648,9 @@ def test_opencode_stdio_connects_lists_the_tools_and_calls_one(
     assert_create_reached(fresh_api)
 
 
-def test_opencode_over_http_with_the_readme_line(agents_bin: Path, http_server: HttpServer, tmp_path: Path) -> None:
+def test_opencode_over_http_with_the_readme_line(agents_bin: Path, server: HttpServer, tmp_path: Path) -> None:
     opencode = new_opencode(agents_bin, tmp_path)
-    added(opencode(*http_argv("opencode mcp add ", http_server)))
+    added(opencode(*http_argv("opencode mcp add ", server)))
     entry = json.loads(opencode_config(opencode).read_text())["mcp"][NAME]
-    assert (entry["type"], entry["url"]) == ("remote", http_server.url), entry
+    assert (entry["type"], entry["url"]) == ("remote", server.url), entry
     opencode_connected(opencode)
