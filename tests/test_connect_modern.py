@@ -27,7 +27,7 @@ from mcp.client.stdio import StdioServerParameters
 
 from mcp_modelgates import account
 from mcp_modelgates.config import Settings
-from mcp_modelgates.server import build_server
+from mcp_modelgates.server import build_server, offers_connect
 from tests.conftest import API_KEY, stdio_params, wire
 from tests.fake_api import FakeModelGates
 from tests.test_connect import (
@@ -416,6 +416,16 @@ async def test_the_handshake_era_takes_no_request_state(
     assert fake.requests == []
 
 
+# ---------------------------------------------------------------- where connect_account is offered
+
+
+def test_per_caller_keys_and_non_loopback_binds_do_not_offer_connect_account() -> None:
+    assert offers_connect(Settings())
+    assert offers_connect(Settings(transport="http", http_host="127.0.0.1"))
+    assert not offers_connect(Settings(transport="http", http_host="0.0.0.0"))
+    assert not offers_connect(Settings(transport="http", http_host="127.0.0.1", key_from_client=True))
+
+
 # ---------------------------------------------------------------- over stdio and over HTTP
 
 
@@ -459,3 +469,15 @@ async def test_over_http_on_loopback_one_call_connects_and_the_key_lands_in_the_
     assert (project / ".env").read_text() == f"{KEY_VAR}={key}\n" and not (elsewhere / ".env").exists()
     assert key not in server.stderr and API_KEY not in server.stderr
     assert "listener closed" in server.stderr
+
+
+async def test_over_http_with_per_caller_keys_connect_account_is_not_offered(fake: FakeModelGates) -> None:
+    server = start_server({"MODELGATES_KEY_FROM_CLIENT": "1", "MODELGATES_BASE_URL": fake.base_url})
+    try:
+        async with Client(server.url, mode=MODERN) as client:
+            names = [tool.name for tool in (await client.list_tools()).tools]
+            with pytest.raises(Exception, match="Unknown tool"):
+                await client.call_tool("connect_account", {})
+    finally:
+        assert server.stop() == 0
+    assert names == ["generate_pkce", "create_auth_code", "exchange_auth_code"]
