@@ -54,7 +54,7 @@ Returns only a preview of the key. If the result is waiting_for_approval, show t
 authorization_url, then call again with the flow_id to get the outcome."""
 
 _DESTINATION_ARGS = ("store", "env_file", "env_var")
-_START_OVER = "call connect_account again without it to start over"
+_START_OVER = "start over with a fresh connect_account call"
 
 Answer = tuple[ConnectAccountResult, str] | types.InputRequiredResult
 
@@ -301,8 +301,9 @@ class ConnectAccount:
     async def _resume(
         self, request: ConnectAccountRequest, ctx: Any, responses: types.InputResponses, state: str | None
     ) -> Answer:
-        """A 2026-07-28 retry: the state must be one this server issued, unused, for these arguments,
-        with the answer under its key. Anything else ends the step's flow, so nothing is stored."""
+        """A 2026-07-28 retry: the state must be one this server issued, unused and unexpired, and the
+        retry must repeat the call's arguments and answer under the step's key; a retry that does
+        not fit its step ends the step's flow, so that nothing is stored."""
         if state is None:
             raise ConnectError(f"requestState: missing beside inputResponses; {_START_OVER}")
         step = self._steps.redeem(state)
