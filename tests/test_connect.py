@@ -776,24 +776,6 @@ async def test_over_stdio_a_client_with_url_elicitation_and_roots_connects_in_on
     assert key not in json.dumps(result, ensure_ascii=False) and key not in log and key not in page.text
 
 
-async def test_the_modern_era_has_no_back_channel_so_even_an_eliciting_client_gets_the_link(
-    fake: FakeModelGates, ws_settings: Settings
-) -> None:
-    asked: list[Any] = []
-
-    async def accept(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-        asked.append(params)
-        return types.ElicitResult(action="accept")
-
-    seen = Seen()
-    async with session(ws_settings, "2026-07-28", seen, elicitation_callback=accept) as client:
-        waiting = seen.add(await client.call_tool("connect_account", {}))["structuredContent"]
-        await browse(waiting["authorization_url"])
-        done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
-    assert asked == [] and waiting["status"] == "waiting_for_approval"
-    assert done["structuredContent"]["status"] == "connected"
-
-
 async def test_silent_connections_are_dropped_after_the_read_timeout_and_free_their_slots(
     fake: FakeModelGates, ws_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
