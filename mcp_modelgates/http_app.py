@@ -229,9 +229,7 @@ def describe(settings: Settings, key_source: str) -> str:
 
 def serve_http(settings: Settings, key_source: str) -> int:
     """Serve until SIGTERM/SIGINT; then in-flight calls get GRACEFUL_SECONDS to finish, and exit 0."""
-    # connect_account's listener and files live on this machine: the user's only when bound to loopback,
-    # and never with sign-in, where each user's key is already the one their sign-in created.
-    server = build_server(settings, connect=is_loopback(settings.http_host) and not settings.oauth)
+    server = build_server(settings)  # connect_account where server.offers_connect says
     oauth: OAuthServer | None = None
     if settings.oauth:
         from mcp_modelgates.client import ModelGatesClient
