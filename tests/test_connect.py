@@ -9,6 +9,7 @@ notifications), not in the logs.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import select
@@ -945,3 +946,22 @@ async def test_malformed_requests_get_400_and_the_flow_goes_on(fake: FakeModelGa
         done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
     assert "Connected" in page.text and done["structuredContent"]["status"] == "connected"
     assert [r.method for r in fake.requests] == ["GET", "POST"]
+
+
+async def test_no_descriptor_for_a_listener_fails_that_call_only(
+    fake: FakeModelGates, ws_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = anyio.create_tcp_listener
+
+    async def out_of_descriptors(**_: Any) -> Any:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    seen = Seen()
+    async with session(ws_settings, "legacy", seen) as client:
+        monkeypatch.setattr(flows.anyio, "create_tcp_listener", out_of_descriptors)
+        failed = seen.add(await client.call_tool("connect_account", {}))
+        monkeypatch.setattr(flows.anyio, "create_tcp_listener", real)
+        started = [seen.add(await client.call_tool("connect_account", {})) for _ in range(flows.MAX_PENDING)]
+    assert failed["isError"] is True
+    assert "Could not open a listener on 127.0.0.1 (EMFILE)" in failed["content"][0]["text"]
+    assert [s["structuredContent"]["status"] for s in started] == ["waiting_for_approval"] * flows.MAX_PENDING
