@@ -2,8 +2,10 @@
 
 Arguments are validated by the tool's request model (the one whose dump is the HTTP body), and
 every failure (bad arguments, an API error, a refused connect, an unexpected bug) becomes an
-`isError` result. Everything a result carries passes `Settings.redact` on its way out, so no
-result holds the configured key, the HTTP token or the caller's key, even when the API echoes it.
+`isError` result. A tool may instead answer `InputRequiredResult` (2026-07-28: the client answers
+its requests and retries the call). Everything either carries passes `Settings.redact` on its way
+out, so nothing holds the configured key, the HTTP token or the caller's key, even when the API
+echoes it.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from mcp_modelgates.client import ApiError, excerpt
 from mcp_modelgates.config import Settings
 from mcp_modelgates.connect import ConnectError
 from mcp_modelgates.models import DATETIME_PATTERN, ENV_VAR_PATTERN, PKCE_PATTERN, UUID_PATTERN, RequestModel
-from mcp_modelgates.tools import ToolSpec
+from mcp_modelgates.tools import Call, ToolSpec
 
 logger = logging.getLogger("mcp_modelgates")
 
 ListTools = Callable[[Any, types.PaginatedRequestParams | None], Awaitable[types.ListToolsResult]]
-CallTool = Callable[[Any, types.CallToolRequestParams], Awaitable[types.CallToolResult]]
+CallTool = Callable[[Any, types.CallToolRequestParams], Awaitable[types.CallToolResult | types.InputRequiredResult]]
 
 _PATTERN_TEXT = {
     PKCE_PATTERN: "must be 43-128 characters of A-Z a-z 0-9 - . _ ~ (RFC 7636)",
@@ -79,7 +81,9 @@ def tool_handlers(specs: Sequence[ToolSpec], settings: Settings) -> tuple[ListTo
     async def on_list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return tool_list
 
-    async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def on_call_tool(
+        ctx: Any, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
         spec = tools.get(params.name)
         if spec is None:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {excerpt(params.name, 64)!r}")
@@ -88,7 +92,7 @@ def tool_handlers(specs: Sequence[ToolSpec], settings: Settings) -> tuple[ListTo
         except ValidationError as exc:
             return error_result(describe_invalid(params.name, spec.request, exc))
         try:
-            result, text = await spec.run(request, ctx)
+            answer = await spec.run(request, Call(ctx, params.input_responses, params.request_state))
         except (ApiError, ConnectError) as exc:
             message = settings.redact(str(exc))
             logger.warning("%s failed: %s", params.name, message)
@@ -97,6 +101,10 @@ def tool_handlers(specs: Sequence[ToolSpec], settings: Settings) -> tuple[ListTo
             # A bug, not an API answer: details stay in the (redacted) log, not in the result.
             logger.exception("%s raised an unexpected error", params.name)
             return error_result(f"{params.name} failed with an internal error; see the server log.")
+        if isinstance(answer, types.InputRequiredResult):
+            wire = answer.model_dump(mode="json", by_alias=True, exclude_none=True)
+            return types.InputRequiredResult.model_validate(redact_tree(wire, settings))
+        result, text = answer
         structured = redact_tree(result.model_dump(mode="json"), settings)
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=settings.redact(text))],

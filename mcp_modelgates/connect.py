@@ -59,7 +59,7 @@ class ConnectError(Exception):
 @dataclass(frozen=True)
 class Outcome:
     status: Status
-    detail: str = ""
+    detail: str = ""  # what went wrong; for `connected`, what the save changed besides the key
     key_preview: str | None = None
     user_id: str | None = None
 
@@ -396,9 +396,9 @@ class Flows:
             return Outcome("failed", str(exc).replace(RESTART, "Call connect_account again to start over."))
         assert isinstance(answer, ExchangeAuthCodeResponse)
         try:
-            await anyio.to_thread.run_sync(keystore.save, flow.destination, answer.key)
+            note = await anyio.to_thread.run_sync(keystore.save, flow.destination, answer.key)
         except keystore.StoreError as exc:
             return Outcome("failed", f"The key was issued but could not be stored: {exc}")
         except Exception as exc:  # the message of an unknown error might quote the key: only its type
             return Outcome("failed", f"The key was issued but could not be stored ({type(exc).__name__}).")
-        return Outcome("connected", "", key_preview(answer.key), answer.user_id)
+        return Outcome("connected", note, key_preview(answer.key), answer.user_id)

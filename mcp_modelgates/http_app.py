@@ -347,8 +347,7 @@ def uvicorn_config(app: ModelGatesHttpApp, host: str, port: int, cap: int) -> uv
 
 def serve_http(settings: Settings, key_source: str) -> int:
     """Serve until SIGTERM/SIGINT; then in-flight calls get GRACEFUL_SECONDS to finish, and exit 0."""
-    # connect_account's listener and files live on this machine: the user's only when bound to loopback.
-    app = ModelGatesHttpApp(settings, build_server(settings, connect=is_loopback(settings.http_host)))
+    app = ModelGatesHttpApp(settings, build_server(settings))  # connect_account where server.offers_connect says
     if settings.log_level != "DEBUG":
         # The SDK logs "Terminating session: None" at INFO for every stateless request.
         logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)

@@ -9,6 +9,7 @@ never appears in an error message or a log line. `keyring` is an optional extra,
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ import secrets
 import stat
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
@@ -57,6 +58,8 @@ class Destination:
     env_var: str
     path: Path | None  # absolute resolved file path for env_file; None for keyring
     workspace: Path | None = None  # the folder `path` must stay inside, re-checked by save()
+    # (st_dev, st_ino) of `workspace` at plan(): save() writes only into that very folder
+    workspace_id: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def saved_to(self) -> str:
@@ -201,7 +204,8 @@ def _plan_env_file(env_file: str, env_var: str, workspace: Path | None) -> Desti
             raise StoreError(f"env_file: {_show(resolved)} is not a regular file")
         if not os.access(resolved, os.R_OK):
             raise StoreError(f"env_file: {_show(resolved)} is not readable")
-    return Destination("env_file", env_var, resolved, folder)
+    info = folder.stat()
+    return Destination("env_file", env_var, resolved, folder, (info.st_dev, info.st_ino))
 
 
 def plan(store: str, env_file: str, env_var: str, workspace: Path | None) -> Destination:
@@ -217,9 +221,10 @@ def plan(store: str, env_file: str, env_var: str, workspace: Path | None) -> Des
 
     Also refused: dotenv templates (`.env.example`, `.sample`, `.template`, `.dist`), a folder that is
     not writable, a file that is not a regular readable file. A symlink that stays inside the workspace
-    is followed: `path` is where the bytes land. Keyring backends are accepted with any priority above
-    0 (a plugin below 1, such as keyrings.alt's file backend, is one the user installed on purpose),
-    except keyrings.alt's EncryptedKeyring, which would ask for a password on the terminal.
+    is followed: `path` is where the bytes land, and save() reaches it following no symlink. Keyring
+    backends are accepted with any priority above 0 (a plugin below 1, such as keyrings.alt's file
+    backend, is one the user installed on purpose), except keyrings.alt's EncryptedKeyring, which
+    would ask for a password on the terminal.
     """
     if store not in ("env_file", "keyring"):
         raise StoreError(f"store: must be 'env_file' or 'keyring', not {_show(store, 40)}")
@@ -418,29 +423,128 @@ else:
             fcntl.flock(dir_fd, fcntl.LOCK_UN)
 
 
-def _recheck(destination: Destination, path: Path, dir_fd: int) -> None:
-    """The planned path must still be itself: no symlink swapped in for the file or a folder since
-    plan(), and the open folder is the one the path names."""
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# A folder on the way to the file, opened without following a symlink in its place.
+_FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_NOFOLLOW | _CLOEXEC
+# The new content is first written to a file named `.env` inside a private folder with this name
+# beside the target: any gitignore that ignores `.env` (GitHub's Python one does; none ignores
+# `*.tmp`) ignores it at every moment, whatever the target is called.
+_SAVE_FOLDER = ".mcp-modelgates-save."
+_SAVE_FOLDER_NAME = re.compile(re.escape(_SAVE_FOLDER) + r"[0-9a-f]{12}")
+_STAGED = ".env"
+# Earlier versions staged `<target>.<12 hex>.tmp` beside the target; a crash could leave one behind.
+_OLD_TEMPORARY = re.compile(r"(?P<target>.+)\.[0-9a-f]{12}\.tmp")
+_MAX_CLIMB = 256  # folders climbed back towards the workspace before giving up
+
+
+def _changed(path: Path) -> StoreError:
+    return StoreError(
+        f"env_file: {_show(path)} changed since the flow started (a symlink now leads elsewhere, or a folder "
+        "on the way was moved or removed); nothing was written"
+    )
+
+
+def _open_folder(destination: Destination, path: Path) -> tuple[int, os.stat_result]:
+    """The file's folder, opened from the workspace one component at a time, none of them through a
+    symlink; and the workspace as it is now. plan() resolved `path`, so a symlink met here was
+    swapped in since: the descriptor is the folder inside the workspace whatever the path does."""
     workspace = destination.workspace or path.parent
     try:
-        now = path.resolve()
-        same_folder = os.path.samestat(os.fstat(dir_fd), os.stat(path.parent))
-    except (OSError, RuntimeError):
-        now, same_folder = path.parent, False
-    if now != path or not same_folder or not _inside(path, workspace.resolve()) or not _is_dotenv_name(path.name):
-        raise StoreError(
-            f"env_file: {_show(path)} changed since the flow started (a symlink now leads elsewhere); "
-            "nothing was written"
-        )
+        parts = path.parent.relative_to(workspace).parts
+    except ValueError:
+        raise _changed(path) from None
+    if not _is_dotenv_name(path.name) or any(part in ("", ".", "..") for part in parts):
+        raise _changed(path)
+    try:
+        fd = os.open(workspace, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+    except OSError as exc:
+        raise StoreError(f"env_file: cannot open the workspace {_show(workspace)} ({exc.strerror})") from None
+    try:
+        top = os.fstat(fd)
+        if destination.workspace_id is not None and destination.workspace_id != (top.st_dev, top.st_ino):
+            raise _changed(path)  # another folder now has the workspace's name
+        for part in parts:
+            try:
+                child = os.open(part, _FOLDER_FLAGS, dir_fd=fd)
+            except (FileNotFoundError, NotADirectoryError):
+                raise _changed(path) from None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+                    raise _changed(path) from None
+                raise StoreError(f"env_file: cannot open the folder {_show(path.parent)} ({exc.strerror})") from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, top
+
+
+def _within(dir_fd: int, workspace: os.stat_result) -> bool:
+    """Whether the open folder is, right now, the workspace or below it: climbing `..` from it meets
+    the workspace. A folder moved out of the workspace after it was opened does not."""
+    fd = os.dup(dir_fd)
+    try:
+        for _ in range(_MAX_CLIMB):
+            here = os.fstat(fd)
+            if os.path.samestat(here, workspace):
+                return True
+            parent = os.open("..", _FOLDER_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            if os.path.samestat(os.fstat(fd), here):  # the root is its own parent
+                return False
+        return False
+    except OSError:  # a folder on the way up that cannot be opened is not the workspace's
+        return False
+    finally:
+        os.close(fd)
+
+
+def _remove_save_folder(name: str, dir_fd: int) -> None:
+    fd = os.open(name, _FOLDER_FLAGS, dir_fd=dir_fd)
+    try:
+        for entry in os.listdir(fd):
+            os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _clean_leftovers(dir_fd: int) -> None:
+    """Remove what a save killed part-way left in this folder (a private save folder, or an earlier
+    version's temporary file), when this user owns it. Called under the folder lock, so no save in
+    progress can own one. Best effort: a leftover that cannot be removed stays."""
+    try:
+        names = os.listdir(dir_fd)
+    except OSError:
+        return
+    for name in names:
+        old = _OLD_TEMPORARY.fullmatch(name)
+        ours = _SAVE_FOLDER_NAME.fullmatch(name) is not None
+        if not ours and (old is None or not _is_dotenv_name(old["target"])):
+            continue
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if info.st_uid != os.geteuid():
+                continue
+            if ours and stat.S_ISDIR(info.st_mode):
+                _remove_save_folder(name, dir_fd)
+            elif not ours and stat.S_ISREG(info.st_mode):
+                os.unlink(name, dir_fd=dir_fd)
+        except OSError as exc:
+            log.debug("could not remove the leftover %s (%s)", _show(name), exc.strerror)
 
 
 def _read_existing(name: str, dir_fd: int, path: Path) -> tuple[bytes | None, os.stat_result | None]:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
     try:
         fd = os.open(name, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         return None, None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the file is now a symlink
+            raise _changed(path) from None
         raise StoreError(f"env_file: cannot read {_show(path)} ({exc.strerror}); nothing was written") from None
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(file.fileno())
@@ -449,44 +553,67 @@ def _read_existing(name: str, dir_fd: int, path: Path) -> tuple[bytes | None, os
         return file.read(), info
 
 
-def _replace(name: str, dir_fd: int, data: bytes, previous: os.stat_result | None) -> None:
-    """Write `data` to a temporary file beside `name`, fsync it, and rename it over `name`."""
-    temp = f"{name}.{secrets.token_hex(6)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+def _write_staged(folder_fd: int, data: bytes, previous: os.stat_result | None) -> None:
+    fd = os.open(_STAGED, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o600, dir_fd=folder_fd)
     try:
+        if previous is not None:
+            with contextlib.suppress(OSError):  # only root can give a file away; keep ours then
+                os.fchown(fd, previous.st_uid, previous.st_gid)
+        os.fchmod(fd, 0o600)  # a live key is for its owner alone, whatever the old file allowed
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace(name: str, dir_fd: int, data: bytes, previous: os.stat_result | None) -> None:
+    """Write `data` to `.env` in a fresh private folder (0700) beside `name`, fsync it, and rename it
+    over `name`; the private folder goes again. A crash at any point leaves the old or the new file,
+    and at most a private folder that the next save removes."""
+    folder = f"{_SAVE_FOLDER}{secrets.token_hex(6)}"
+    os.mkdir(folder, 0o700, dir_fd=dir_fd)
+    try:
+        folder_fd = os.open(folder, _FOLDER_FLAGS, dir_fd=dir_fd)
         try:
-            if previous is not None:
-                with contextlib.suppress(OSError):  # only root can give a file away; keep ours then
-                    os.fchown(fd, previous.st_uid, previous.st_gid)
-            os.fchmod(fd, stat.S_IMODE(previous.st_mode) if previous is not None else 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if os.fstat(folder_fd).st_uid != os.geteuid():  # swapped for someone else's since mkdir
+                raise OSError(errno.EPERM, "the private folder is not ours")
+            os.fchmod(folder_fd, 0o700)  # the umask may have left it unusable, never wider
+            try:
+                _write_staged(folder_fd, data, previous)
+                os.replace(_STAGED, name, src_dir_fd=folder_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(_STAGED, dir_fd=folder_fd)
+                raise
         finally:
-            os.close(fd)
-        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
+            os.close(folder_fd)
+    finally:
         with contextlib.suppress(OSError):
-            os.unlink(temp, dir_fd=dir_fd)
-        raise
+            os.rmdir(folder, dir_fd=dir_fd)
     with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows
         os.fsync(dir_fd)
 
 
-def _save_env_file(destination: Destination, key: str) -> None:
+def _tightened(path: Path, previous: os.stat_result | None) -> str:
+    mode = stat.S_IMODE(previous.st_mode) if previous is not None else 0o600
+    if not mode & 0o077:
+        return ""
+    return f"The mode of {path} was tightened from {mode:04o} to 0600, so that only its owner can read the key."
+
+
+def _save_env_file(destination: Destination, key: str) -> str:
     path = destination.path
     if path is None:
         raise StoreError("env_file: the destination has no file path")
     value = dotenv_value(key)
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise StoreError(f"env_file: cannot open the folder {_show(path.parent)} ({exc.strerror})") from None
+    dir_fd, workspace = _open_folder(destination, path)
     try:
         with _folder_lock(dir_fd):
-            _recheck(destination, path, dir_fd)
+            if not _within(dir_fd, workspace):
+                raise _changed(path)
+            _clean_leftovers(dir_fd)
             old, previous = _read_existing(path.name, dir_fd, path)
             try:
                 _replace(path.name, dir_fd, updated_dotenv(old, destination.env_var, value), previous)
@@ -495,26 +622,40 @@ def _save_env_file(destination: Destination, key: str) -> None:
                     f"env_file: cannot write {_show(path)} ({exc.strerror or type(exc).__name__}); "
                     "the file is unchanged"
                 ) from None
+            if not _within(dir_fd, workspace):  # the folder was moved out while the file was written
+                with contextlib.suppress(OSError):
+                    os.unlink(path.name, dir_fd=dir_fd)
+                raise StoreError(
+                    f"env_file: the folder of {_show(path)} was moved out of the workspace during the save; "
+                    "the key was not left there"
+                )
     finally:
         os.close(dir_fd)
     log.info("saved %s to %s", destination.env_var, path)
+    return _tightened(path, previous)
 
 
-def save(destination: Destination, key: str) -> None:
-    """Store the key. env_file: a new file is created with mode 0600; an existing file keeps every other
-    line byte for byte (line endings, comments, missing final newline...); an existing `VAR=` or
+def save(destination: Destination, key: str) -> str:
+    """Store the key; return a sentence for the user about what else changed ("" when nothing did).
+
+    env_file: the file ends up with mode 0600 (an existing file keeps its owner where allowed; a
+    wider mode is tightened, and the sentence says so); an existing file keeps every other line
+    byte for byte (line endings, comments, missing final newline...); an existing `VAR=` or
     `export VAR=` line (also with spaces around `=`) for env_var is replaced (keeping its indent,
-    `export ` prefix and separator; later duplicate lines for it are dropped), else one line is appended
-    (after a newline when the file did not end with one; in the file's own line ending). The value is
-    bare, or quoted when it needs it, so that dotenv parsers read it back exactly. The new content goes
-    to a temporary file in the same folder, fsync'd and os.replace'd over the old one (keeping the old
-    file's mode, and owner where allowed; new files 0600), so a crash leaves the old or the new file.
-    An exclusive flock on the folder spans read-modify-replace, so concurrent saves (threads or
-    processes) lose no line. The path is re-checked under the lock (no symlink swapped in since
-    plan()), and the file is opened without following a symlink. keyring:
-    keyring.set_password(KEYRING_SERVICE, env_var, key). Errors -> StoreError (never containing the
-    key). The key is never logged. Synchronous: call it from a worker thread in async code."""
+    `export ` prefix and separator; later duplicate lines for it are dropped), else one line is
+    appended (after a newline when the file did not end with one; in the file's own line ending).
+    The value is bare, or quoted when it needs it, so that dotenv parsers read it back exactly.
+
+    The folder is reached from the workspace one component at a time without following a symlink,
+    so the bytes land inside the workspace whatever happens to the path meanwhile; a symlink or a
+    moved folder there is a StoreError. The new content goes to `.env` in a private folder beside
+    the file, fsync'd and renamed over it, so a crash leaves the old or the new file and no key in
+    a file that a gitignore with `.env` misses; the next save removes such leftovers. An exclusive
+    flock on the folder spans read-modify-replace, so concurrent saves (threads or processes) lose
+    no line. keyring: keyring.set_password(KEYRING_SERVICE, env_var, key). Errors -> StoreError
+    (never containing the key). The key is never logged. Synchronous: call it from a worker thread
+    in async code."""
     if destination.store == "keyring":
         _save_keyring(destination, key)
-    else:
-        _save_env_file(destination, key)
+        return ""
+    return _save_env_file(destination, key)

@@ -18,7 +18,7 @@ from mcp.server.lowlevel import Server
 from mcp_modelgates import __version__
 from mcp_modelgates.calls import tool_handlers
 from mcp_modelgates.client import ModelGatesClient
-from mcp_modelgates.config import Settings
+from mcp_modelgates.config import Settings, is_loopback
 from mcp_modelgates.connect import Flows
 from mcp_modelgates.prompt import instructions, prompt_handlers
 from mcp_modelgates.tools import (
@@ -34,11 +34,21 @@ SERVER_NAME = "mcp-modelgates"
 Lifespan = Callable[[Server[Any]], AbstractAsyncContextManager[dict[str, Any]]]
 
 
-def build_server(settings: Settings, *, backoff_base: float = 0.5, connect: bool = True) -> Server[Any]:
+def offers_connect(settings: Settings) -> bool:
+    """Whether connect_account is offered: its listener and the key it stores live on this machine,
+    so only where whoever calls is this machine's user. Not over HTTP bound beyond loopback, and
+    not with per-caller keys, where each caller's key is theirs and a file here belongs to nobody."""
+    if settings.key_from_client:
+        return False
+    return settings.transport != "http" or is_loopback(settings.http_host)
+
+
+def build_server(settings: Settings, *, backoff_base: float = 0.5, connect: bool | None = None) -> Server[Any]:
     """The whole MCP server for these settings; nothing here touches the network.
 
-    `connect=False` leaves out connect_account, whose listener only makes sense on the user's own
-    machine (a transport not bound to loopback passes it)."""
+    connect_account is there when `offers_connect` says so; `connect` overrides that."""
+    if connect is None:
+        connect = offers_connect(settings)
     api = ModelGatesClient(settings, f"{SERVER_NAME}/{__version__}", backoff_base=backoff_base)
     flows = Flows(api, settings.base_url)
     specs: list[ToolSpec] = [generate_pkce_tool(settings), create_auth_code_tool(api), exchange_auth_code_tool(api)]

@@ -2,7 +2,8 @@
 
 A spec's `definition` is generated once from the contract models (`inputSchema` from the request
 model, `outputSchema` from the result model); its `run` gets the request already validated by that
-same model and returns the result model and a one-sentence text. Adding a tool is adding a spec.
+same model and returns the result model and a one-sentence text, or, in the 2026-07-28 era, an
+`InputRequiredResult` asking the client for more first. Adding a tool is adding a spec.
 """
 
 from __future__ import annotations
@@ -33,7 +34,19 @@ from mcp_modelgates.models import (
     tool_schema,
 )
 
-Handler = Callable[[Any, Any], Awaitable[tuple[BaseModel, str]]]  # (validated request, request context)
+
+@dataclass(frozen=True)
+class Call:
+    """What a handler gets beside its validated request: the SDK's request context and, when a
+    2026-07-28 client retries after an `InputRequiredResult`, its answers and the state it echoes."""
+
+    ctx: Any
+    input_responses: types.InputResponses | None = None
+    request_state: str | None = None
+
+
+Answer = tuple[BaseModel, str] | types.InputRequiredResult
+Handler = Callable[[Any, Call], Awaitable[Answer]]  # (validated request, the call)
 
 CREATE_DESCRIPTION = """\
 Create a ModelGates authorization code for the OAuth PKCE flow (POST /auth/keys/code), so that a \
@@ -93,7 +106,7 @@ def _spec(
 
 
 def generate_pkce_tool(settings: Settings) -> ToolSpec:
-    async def run(request: GeneratePkceRequest, ctx: Any) -> tuple[BaseModel, str]:
+    async def run(request: GeneratePkceRequest, call: Call) -> Answer:
         callback = request.callback_url if isinstance(request.callback_url, str) else None
         pair = pkce.generate(settings.base_url, request.code_challenge_method, callback)
         text = (
@@ -116,7 +129,7 @@ def generate_pkce_tool(settings: Settings) -> ToolSpec:
 
 
 def create_auth_code_tool(api: ModelGatesClient) -> ToolSpec:
-    async def run(request: CreateAuthCodeRequest, ctx: Any) -> tuple[BaseModel, str]:
+    async def run(request: CreateAuthCodeRequest, call: Call) -> Answer:
         answer = await api.call(CREATE_AUTH_CODE, request)
         assert isinstance(answer, CreateAuthCodeResponse)
         code = answer.data
@@ -137,7 +150,7 @@ def create_auth_code_tool(api: ModelGatesClient) -> ToolSpec:
 
 
 def exchange_auth_code_tool(api: ModelGatesClient) -> ToolSpec:
-    async def run(request: ExchangeAuthCodeRequest, ctx: Any) -> tuple[BaseModel, str]:
+    async def run(request: ExchangeAuthCodeRequest, call: Call) -> Answer:
         answer = await api.call(EXCHANGE_AUTH_CODE, request)
         assert isinstance(answer, ExchangeAuthCodeResponse)
         owner = f" for user {answer.user_id}" if answer.user_id is not None else ""
@@ -158,8 +171,10 @@ def exchange_auth_code_tool(api: ModelGatesClient) -> ToolSpec:
 
 
 def connect_account_tool(flows: Flows, settings: Settings) -> ToolSpec:
-    async def run(request: ConnectAccountRequest, ctx: Any) -> tuple[BaseModel, str]:
-        return await account.connect_account(flows, settings, request, ctx)
+    connect = account.ConnectAccount(flows, settings)
+
+    async def run(request: ConnectAccountRequest, call: Call) -> Answer:
+        return await connect(request, call.ctx, call.input_responses, call.request_state)
 
     return _spec(
         "connect_account",

@@ -299,6 +299,7 @@ async def test_without_elicitation_the_link_comes_back_and_a_second_call_gets_th
 ) -> None:
     env = workspace / ".env"
     env.write_bytes(b"# my settings\r\nOTHER=1\r\nexport MODELGATES_API_KEY=old\r\nLAST='x y'")
+    env.chmod(0o644)  # readable by others: it becomes 0600, and the result says so
     seen = Seen()
     async with session(ws_settings, mode, seen) as client:
         first = seen.add(await client.call_tool("connect_account", {"timeout": 30}))
@@ -322,6 +323,11 @@ async def test_without_elicitation_the_link_comes_back_and_a_second_call_gets_th
         "user_id": "user_2abc",
     }
     assert again["structuredContent"] == second["structuredContent"]
+    assert second["content"][0]["text"].endswith(
+        f"The key itself is not shown here. The mode of {env} was tightened from 0644 to 0600, so that only "
+        "its owner can read the key."
+    )
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
     # Every other line byte for byte, the old key's line replaced in place.
     assert env.read_bytes() == f"# my settings\r\nOTHER=1\r\nexport MODELGATES_API_KEY={key}\r\nLAST='x y'".encode()
     assert_nowhere(key, seen, caplog, page)
@@ -772,24 +778,6 @@ async def test_over_stdio_a_client_with_url_elicitation_and_roots_connects_in_on
     log = await anyio.Path(stderr).read_text()
     assert "listener closed" in log
     assert key not in json.dumps(result, ensure_ascii=False) and key not in log and key not in page.text
-
-
-async def test_the_modern_era_has_no_back_channel_so_even_an_eliciting_client_gets_the_link(
-    fake: FakeModelGates, ws_settings: Settings
-) -> None:
-    asked: list[Any] = []
-
-    async def accept(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-        asked.append(params)
-        return types.ElicitResult(action="accept")
-
-    seen = Seen()
-    async with session(ws_settings, "2026-07-28", seen, elicitation_callback=accept) as client:
-        waiting = seen.add(await client.call_tool("connect_account", {}))["structuredContent"]
-        await browse(waiting["authorization_url"])
-        done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
-    assert asked == [] and waiting["status"] == "waiting_for_approval"
-    assert done["structuredContent"]["status"] == "connected"
 
 
 async def test_silent_connections_are_dropped_after_the_read_timeout_and_free_their_slots(

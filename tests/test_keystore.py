@@ -3,13 +3,18 @@ atomic replacement, concurrent saves (threads and processes), the keyring throug
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
+import signal
 import stat
 import subprocess
 import sys
 import textwrap
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keyring
@@ -336,10 +341,10 @@ EXISTING = [
 @pytest.mark.parametrize(("old", "new"), EXISTING)
 def test_save_into_an_existing_file_changes_only_the_variable(ws: Path, old: bytes, new: bytes) -> None:
     (ws / ".env").write_bytes(old)
-    (ws / ".env").chmod(0o640)
-    save(plan("env_file", ".env", VAR, ws), NEW_KEY)
+    (ws / ".env").chmod(0o600)
+    assert save(plan("env_file", ".env", VAR, ws), NEW_KEY) == ""  # nothing else changed
     assert (ws / ".env").read_bytes() == new.replace(b"NEW", NEW_KEY.encode())
-    assert stat.S_IMODE((ws / ".env").stat().st_mode) == 0o640  # the old file's mode is kept
+    assert stat.S_IMODE((ws / ".env").stat().st_mode) == 0o600
     assert sorted(p.name for p in ws.iterdir()) == [".env"]
 
 
@@ -402,7 +407,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
         assert (ws / ".env").read_bytes() == old
 
 
-@pytest.mark.parametrize("swap", ["file", "parent"])
+@pytest.mark.parametrize("swap", ["file", "parent", "parent-inside", "workspace"])
 def test_save_rechecks_for_a_symlink_swapped_in_since_plan(ws: Path, outside: Path, swap: str) -> None:
     (ws / "config").mkdir()
     (ws / "config" / ".env").write_bytes(b"A=1\n")
@@ -410,14 +415,252 @@ def test_save_rechecks_for_a_symlink_swapped_in_since_plan(ws: Path, outside: Pa
     if swap == "file":
         (ws / "config" / ".env").unlink()
         (ws / "config" / ".env").symlink_to(outside / ".env")
-    else:
+    elif swap == "parent":
         (ws / "config").rename(ws / "moved")
         (ws / "config").symlink_to(outside)
+    elif swap == "parent-inside":  # still inside, but not the file plan() checked
+        (ws / "config").rename(ws / "moved")
+        (ws / "config").symlink_to(ws / "moved")
+    else:  # another folder now has the workspace's name, with the same layout
+        ws.rename(ws.with_name("project.moved"))
+        (ws / "config").mkdir(parents=True)
+        (ws / "config" / ".env").write_bytes(b"A=1\n")
     before = tree(ws, outside)
     with pytest.raises(StoreError, match=r"^env_file: .* changed since the flow started"):
         save(destination, NEW_KEY)
     assert tree(ws, outside) == before
     assert (outside / ".env").read_bytes() == b"SECRET=outside\n"
+
+
+def holds_key(data: bytes, key: str = NEW_KEY) -> bool:
+    """Whether `data` holds any 6-character run of `key`: part of a key is a leak too."""
+    return any(key[i : i + 6].encode() in data for i in range(len(key) - 5))
+
+
+def key_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink() and holds_key(p.read_bytes())]
+
+
+def test_a_folder_flipped_for_a_symlink_during_saves_never_puts_the_key_outside(ws: Path, outside: Path) -> None:
+    """Someone who may rename entries in the workspace swaps `config` for a symlink to a folder
+    outside and back, as fast as it can, while saves run: each lands inside or is refused."""
+    (ws / "config").mkdir()
+    destination = plan("env_file", "config/.env", VAR, ws)
+    stop = threading.Event()
+
+    def flip() -> None:
+        config, real = ws / "config", ws / "config.real"
+        while not stop.is_set():
+            config.rename(real)
+            config.symlink_to(outside)
+            time.sleep(0)  # let a save run in either state
+            config.unlink()
+            real.rename(config)
+            time.sleep(0)
+
+    saved: list[str] = []
+    refused: list[str] = []
+    flipper = threading.Thread(target=flip)
+    deadline = time.monotonic() + 60
+    flipper.start()
+    try:
+        for i in range(300):
+            if time.monotonic() > deadline:
+                break
+            try:  # a variable of its own per save: every save that succeeds leaves its own line
+                save(dataclasses.replace(destination, env_var=f"KEY_{i}"), f"{NEW_KEY}-{i}")
+            except StoreError as exc:
+                refused.append(str(exc))
+            else:
+                saved.append(f"KEY_{i}={NEW_KEY}-{i}")
+    finally:
+        stop.set()
+        flipper.join(timeout=10)
+    assert key_files(outside) == []
+    assert (outside / ".env").read_bytes() == b"SECRET=outside\n"
+    assert sorted(p.name for p in outside.iterdir()) == [".env"]
+    assert [m for m in refused if not m.startswith("env_file: ") or "changed since the flow started" not in m] == []
+    written = (ws / "config" / ".env").read_text().splitlines() if saved else []
+    assert sorted(written) == sorted(saved)  # each success landed inside; no refusal left a line
+    assert sorted(p.name for p in ws.iterdir()) == ["config"] and not (ws / "config").is_symlink()
+    save(destination, NEW_KEY)  # once the path holds still, the same destination works
+    assert f"{VAR}={NEW_KEY}" in (ws / "config" / ".env").read_text().splitlines()
+
+
+@pytest.mark.parametrize("when", ["before-the-lock", "while-writing"])
+def test_a_folder_moved_out_of_the_workspace_mid_save_keeps_no_key_there(
+    ws: Path, outside: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """The folder, already open, is renamed to a place outside the workspace: an open descriptor
+    follows it there, so the save must notice before writing, or take the file back."""
+    (ws / "config").mkdir()
+    (ws / "config" / ".env").write_bytes(b"A=1\n")
+    destination = plan("env_file", "config/.env", VAR, ws)
+    moved = outside / "config"
+    if when == "before-the-lock":
+        lock = keystore._folder_lock
+
+        @contextlib.contextmanager
+        def moving_lock(dir_fd: int) -> Iterator[None]:
+            (ws / "config").rename(moved)
+            with lock(dir_fd):
+                yield
+
+        monkeypatch.setattr(keystore, "_folder_lock", moving_lock)
+    else:
+        render = keystore.updated_dotenv
+
+        def moving_render(old: bytes | None, env_var: str, value: str) -> bytes:
+            (ws / "config").rename(moved)
+            return render(old, env_var, value)
+
+        monkeypatch.setattr(keystore, "updated_dotenv", moving_render)
+    with pytest.raises(StoreError) as caught:
+        save(destination, NEW_KEY)
+    message = str(caught.value)
+    assert message.startswith("env_file: ") and repr(str(ws / "config" / ".env")) in message
+    assert NEW_KEY not in message and "\n" not in message
+    assert key_files(outside) == [] and key_files(ws) == []
+    if when == "before-the-lock":
+        assert "changed since the flow started" in message
+        assert [p.name for p in moved.iterdir()] == [".env"]
+        assert (moved / ".env").read_bytes() == b"A=1\n"  # nothing was written
+    else:
+        assert "moved out of the workspace during the save; the key was not left there" in message
+        assert list(moved.iterdir()) == []  # no private folder left either
+
+
+# The "Environments" section of GitHub's Python.gitignore (github/gitignore), copied: it ignores
+# `.env` anywhere, but no `*.tmp` and no other dotenv name.
+STOCK_PYTHON_GITIGNORE = """\
+# Environments
+.env
+.envrc
+.venv
+env/
+venv/
+ENV/
+env.bak/
+venv.bak/
+"""
+
+# Saves once, dying by SIGKILL just before the Nth file-system call of the save (a write is cut
+# short first: all but its last 8 bytes go out); N = 0 runs to the end and prints the count.
+CRASHING_SAVE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from mcp_modelgates import keystore
+    ws, env_file, key, crash_at = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    destination = keystore.plan("env_file", env_file, "MODELGATES_API_KEY", ws)
+    calls = 0
+    def crashing(name, real):
+        def call(*args, **kwargs):
+            global calls
+            calls += 1
+            if calls == crash_at:
+                if name == "write":
+                    real(args[0], bytes(args[1])[:-8])
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+        return call
+    for name in ("open", "mkdir", "write", "fsync", "fchmod", "fchown", "replace", "rename", "unlink", "rmdir"):
+        setattr(os, name, crashing(name, getattr(os, name)))
+    keystore.save(destination, key)
+    print(calls)
+    """
+)
+
+
+def git(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """git in `ws`, blind to the machine's own configuration (a global excludes file would judge too)."""
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    return subprocess.run(["git", *args], cwd=ws, env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("env_file", [".env", "config/.env.local"])
+def test_a_save_killed_at_any_step_leaves_no_key_that_git_would_pick_up(tmp_path: Path, env_file: str) -> None:
+    old = b"# settings\nOTHER=1\n"
+    new = old + f"{VAR}={NEW_KEY}\n".encode()
+
+    def project(name: str) -> Path:
+        ws = tmp_path / name
+        (ws / "config").mkdir(parents=True)
+        assert git(ws, "init", "-q").returncode == 0
+        (ws / ".gitignore").write_text(STOCK_PYTHON_GITIGNORE)
+        (ws / env_file).write_bytes(old)
+        return ws
+
+    def crash(ws: Path, crash_at: int) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-c", CRASHING_SAVE, str(ws), env_file, NEW_KEY, str(crash_at)]
+        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    whole = crash(project("whole"), 0)
+    assert whole.returncode == 0, whole.stderr
+    steps = int(whole.stdout)
+    assert 5 < steps < 80
+    staged_seen = 0
+    for crash_at in range(1, steps + 1):
+        ws = project(f"crash{crash_at}")
+        target = ws / env_file
+        died = crash(ws, crash_at)
+        assert died.returncode == -signal.SIGKILL, (crash_at, died.stderr)
+        assert target.read_bytes() in (old, new), crash_at  # the old file or the new one, never a mix
+        others = [p for p in key_files(ws) if p != target]
+        staged_seen += bool(others)
+        relative = [str(p.relative_to(ws)) for p in others]
+        judged = git(ws, "check-ignore", "--", *relative).stdout.split() if relative else []
+        assert sorted(judged) == sorted(relative), (crash_at, "git would pick up", set(relative) - set(judged))
+        # The next save cleans up after the crashed one.
+        save(plan("env_file", env_file, VAR, ws), NEW_KEY)
+        assert target.read_bytes() == new
+        left = {str(p.relative_to(ws)) for p in ws.rglob("*") if p.relative_to(ws).parts[0] != ".git"}
+        assert left == {".gitignore", "config", env_file}, crash_at
+    assert staged_seen > 0  # some crashes did catch the new key on its way
+
+
+def test_leftovers_of_crashed_saves_are_removed_and_nothing_else(ws: Path) -> None:
+    (ws / ".env").write_bytes(b"A=1\n")
+    staged = ws / ".mcp-modelgates-save.0123456789ab"
+    staged.mkdir(mode=0o700)
+    (staged / ".env").write_bytes(b"A=1\nMODELGATES_API_KEY=sk-half-writ")
+    (ws / ".mcp-modelgates-save.ba9876543210").mkdir()  # a crash after the rename: empty
+    (ws / ".env.5f3a9c0e1b2d.tmp").write_bytes(b"MODELGATES_API_KEY=sk-half")  # an earlier version's
+    (ws / "prod.env.00ff00ff00ff.tmp").write_bytes(b"MODELGATES_API_KEY=sk-half")
+    kept = [".env.backup.tmp", "notes.5f3a9c0e1b2d.tmp", ".env.example.5f3a9c0e1b2d.tmp", ".mcp-modelgates-save.mine"]
+    for name in kept:
+        (ws / name).write_bytes(b"not a leftover of a save")
+    if os.geteuid() == 0:  # someone else's leftover is theirs to remove
+        theirs = ws / ".mcp-modelgates-save.00000000abcd"
+        theirs.mkdir()
+        os.chown(theirs, 65534, 65534)
+        kept.append(theirs.name)
+    save(plan("env_file", ".env", VAR, ws), NEW_KEY)
+    assert sorted(p.name for p in ws.iterdir()) == sorted([".env", *kept])
+    assert (ws / ".env").read_bytes() == f"A=1\n{VAR}={NEW_KEY}\n".encode()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o666, 0o640, 0o604, 0o620, 0o600, 0o400])
+def test_a_file_that_holds_the_key_is_readable_by_its_owner_alone(ws: Path, mode: int) -> None:
+    env = ws / ".env"
+    env.write_bytes(b"A=1\n")
+    env.chmod(mode)
+    note = save(plan("env_file", ".env", VAR, ws), NEW_KEY)
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    tightened = f"The mode of {env} was tightened from {mode:04o} to 0600, so that only its owner can read the key."
+    assert note == (tightened if mode & 0o077 else "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_file_another_user_owns_keeps_its_owner_and_becomes_0600(ws: Path) -> None:
+    """Root saving into a user's workspace (a container, say): the file stays the user's."""
+    env = ws / ".env"
+    env.write_bytes(b"A=1\n")
+    os.chown(env, 65534, 65534)
+    env.chmod(0o666)
+    save(plan("env_file", ".env", VAR, ws), NEW_KEY)
+    info = env.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65534, 0o600)
 
 
 def test_concurrent_saves_from_threads_keep_both_lines(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,8 +38,6 @@ if shutil.which("npm") is None:  # one skip for the whole module: one line in th
     )
 
 E2E = Path(__file__).resolve().parent
-BIN = E2E / "node_modules" / ".bin"
-STAMP = E2E / "node_modules" / ".installed-from"
 SPEC: dict[str, Any] = json.loads((E2E / "spec.json").read_text())
 ACCEPTED_CODE = "auth_code_e2e"  # the code spec.json exchanges successfully
 NAME = "modelgates"
@@ -49,8 +47,10 @@ TIMEOUT = 120  # seconds per client command; a hung client fails its test instea
 PINNED = json.loads((E2E / "package.json").read_text())["dependencies"]  # name -> exact version
 
 
-def _pins_digest() -> str:
-    return hashlib.sha256(b"".join((E2E / f).read_bytes() for f in ("package.json", "package-lock.json"))).hexdigest()
+def _pins_digest(folder: Path) -> str:
+    return hashlib.sha256(
+        b"".join((folder / f).read_bytes() for f in ("package.json", "package-lock.json"))
+    ).hexdigest()
 
 
 def lock_disagreements(package: dict[str, Any], lock: dict[str, Any]) -> list[str]:
@@ -75,49 +75,63 @@ def installed_disagreements(node_modules: Path, pins: dict[str, str]) -> list[st
     return problems
 
 
-@pytest.fixture(scope="session")
-def node_bin() -> Path:
-    """tests/e2e/node_modules/.bin, installed by `npm ci` from the lock unless already installed from it.
+def install_pinned(folder: Path, command: str = "ci") -> Path:
+    """folder/node_modules/.bin, installed by npm from the folder's lock unless already installed from it.
 
     `npm ci` installs exactly what the lock names and never writes the lock. Whatever a registry
     adds or drops later (say, another platform's optional dependency of a dependency) cannot move
     a locked version; and what is checked afterwards is what matters: the installed versions of
-    the pinned clients and Node, read from node_modules itself."""
+    the pinned clients and Node, read from node_modules itself. (`command` "install" is for a lock
+    that cannot name every platform's optional package; see tests/e2e/agents.)"""
     npm = shutil.which("npm")
     assert npm is not None
-    lock_path = E2E / "package-lock.json"
-    problems = lock_disagreements(json.loads((E2E / "package.json").read_text()), json.loads(lock_path.read_text()))
+    lock_path = folder / "package-lock.json"
+    package = json.loads((folder / "package.json").read_text())
+    pins: dict[str, str] = package["dependencies"]
+    problems = lock_disagreements(package, json.loads(lock_path.read_text()))
     if problems:
         pytest.fail(
-            "; ".join(problems) + ". Regenerate the lock: cd tests/e2e && npm install --package-lock-only",
+            "; ".join(problems) + f". Regenerate the lock: cd {folder} && npm install --package-lock-only",
             pytrace=False,
         )
-    digest = _pins_digest()
+    digest = _pins_digest(folder)
+    stamp = folder / "node_modules" / ".installed-from"
     # Another pytest run in this tree may be installing at the same moment.
-    lock_file = Path(tempfile.gettempdir()) / f"mcp-modelgates-e2e-{hashlib.sha256(bytes(E2E)).hexdigest()[:12]}.lock"
+    lock_file = (
+        Path(tempfile.gettempdir()) / f"mcp-modelgates-e2e-{hashlib.sha256(bytes(folder)).hexdigest()[:12]}.lock"
+    )
     with lock_file.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        installed = STAMP.exists() and STAMP.read_text() == digest
-        if not (installed and not installed_disagreements(E2E / "node_modules", PINNED)):
+        installed = stamp.exists() and stamp.read_text() == digest
+        if not (installed and not installed_disagreements(folder / "node_modules", pins)):
             pinned = lock_path.read_bytes()
             proc = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=E2E,
+                [npm, command, "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=folder,
                 capture_output=True,
                 text=True,
                 timeout=900,
             )
-            if lock_path.read_bytes() != pinned:  # never expected of `npm ci`; the tracked file stays as it was
+            if lock_path.read_bytes() != pinned:  # never expected of npm here; the tracked file stays as it was
                 lock_path.write_bytes(pinned)
             if proc.returncode != 0:
-                pytest.fail(f"npm ci in {E2E} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}", pytrace=False)
-            STAMP.write_text(digest)
-    problems = installed_disagreements(E2E / "node_modules", PINNED)
+                pytest.fail(
+                    f"npm {command} in {folder} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}", pytrace=False
+                )
+            stamp.write_text(digest)
+    problems = installed_disagreements(folder / "node_modules", pins)
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
-    version = subprocess.run([str(BIN / "node"), "--version"], capture_output=True, text=True, check=True).stdout
-    assert version.strip() == f"v{PINNED['node']}", f"node_modules/.bin/node is {version.strip()}"
-    return BIN
+    bin_dir = folder / "node_modules" / ".bin"
+    version = subprocess.run([str(bin_dir / "node"), "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.strip() == f"v{pins['node']}", f"{bin_dir}/node is {version.strip()}"
+    return bin_dir
+
+
+@pytest.fixture(scope="session")
+def node_bin() -> Path:
+    """tests/e2e/node_modules/.bin: the Inspector, the TypeScript SDK and Claude Code, from the lock."""
+    return install_pinned(E2E)
 
 
 @pytest.fixture(scope="module")
