@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -37,6 +38,11 @@ logger = logging.getLogger("mcp_modelgates")
 
 MAX_BODY_BYTES = 1 << 20  # a success body larger than this is refused, not buffered
 ERROR_BODY_BYTES = 8 << 10  # enough of an error body for its message or an excerpt
+# Content codings decoded here (zlib's window bits for each); any other is refused, since br and
+# zstd would each need a package of their own, and ModelGates is asked for `identity` anyway.
+_WBITS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+MAX_CODINGS = 3  # layers of Content-Encoding; one is usual, more is a bomb's signature
+_CODING_NAME = re.compile(r"[a-z0-9._+-]{1,32}")
 EXCERPT_CHARS = 200
 RETRY_WAIT_CAP = 10.0  # seconds; the most one Retry-After or backoff wait may take
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -69,6 +75,71 @@ class ApiError(Exception):
 
 class _TooLarge(Exception):
     pass
+
+
+class _Undecodable(Exception):
+    """A body in a content coding not decoded here, or whose coding is corrupt; `str()` says which."""
+
+
+class _BoundedBody:
+    """A response body read under a byte cap, its content codings decoded as it streams in.
+
+    Every layer counts against the cap on its own: the bytes on the wire and each decoded layer,
+    so a small compressed answer cannot inflate past it (a nested gzip bomb stops at the cap
+    too), and each `decompress` call is told how much it may produce rather than checked after.
+    """
+
+    def __init__(self, content_encoding: str, cap: int) -> None:
+        codings = [c.strip().lower() for c in content_encoding.split(",")]
+        codings = [c for c in codings if c and c != "identity"]
+        unknown = [c for c in codings if c not in _WBITS]
+        self._problem: str | None = None  # raised at the first byte, so an empty body stays an empty body
+        if unknown:
+            # Quoted only whole and only when it looks like a coding name: a cut could leave half a secret.
+            name = repr(unknown[0]) if _CODING_NAME.fullmatch(unknown[0]) else "an unknown name"
+            self._problem = f"a content coding this server does not decode ({name})"
+        elif len(codings) > MAX_CODINGS:
+            self._problem = f"{len(codings)} layers of content coding (at most {MAX_CODINGS} are decoded)"
+        self._cap = cap
+        # Codings are listed in the order they were applied: decode from the last one.
+        self._codings = [] if self._problem else codings[::-1]
+        self._layers = [zlib.decompressobj(_WBITS[c]) for c in self._codings]
+        self._started = [False] * len(self._layers)
+        self._sizes = [0] * (len(self._layers) + 1)  # the wire first, then each decoded layer
+        self.body = bytearray()
+        self.over = False  # a layer went past the cap; what is in `body` is its first `cap` bytes
+
+    def feed(self, data: bytes) -> None:
+        if self._problem is not None:
+            raise _Undecodable(self._problem)
+        self._sizes[0] += len(data)
+        if self._sizes[0] > self._cap:
+            self.over = True
+            data = data[: max(0, self._cap - self._sizes[0] + len(data))]
+        for i, layer in enumerate(self._layers):
+            room = self._cap + 1 - self._sizes[i + 1]
+            data = self._inflate(i, layer, data, room)
+            self._sizes[i + 1] += len(data)
+            if self._sizes[i + 1] > self._cap:
+                self.over = True
+        self.body += data[: self._cap + 1 - len(self.body)]
+
+    def _inflate(self, i: int, layer: zlib._Decompress, data: bytes, room: int) -> bytes:
+        if not data or room <= 0:
+            return b""
+        try:
+            out: bytes = layer.decompress(data, room)
+        except zlib.error:
+            if self._codings[i] != "deflate" or self._started[i]:
+                raise _Undecodable(f"a {self._codings[i]} coding that could not be decoded") from None
+            # "deflate" is meant to be zlib-wrapped, but some servers send a raw deflate stream.
+            self._layers[i] = layer = zlib.decompressobj(-zlib.MAX_WBITS)
+            try:
+                out = layer.decompress(data, room)
+            except zlib.error:
+                raise _Undecodable("a deflate coding that could not be decoded") from None
+        self._started[i] = True
+        return out
 
 
 def _same(text: str) -> str:
@@ -180,6 +251,10 @@ class ModelGatesClient:
         self._http: httpx.AsyncClient | None = None
         self._headers = {
             "Accept": "application/json",
+            # Answers are small JSON: compression saves nothing, so ask for none. One compressed
+            # anyway is decoded under the size cap rather than refused, so that a proxy that
+            # compresses regardless does not break every call.
+            "Accept-Encoding": "identity",
             "Content-Type": "application/json",
             "User-Agent": user_agent,
         }
@@ -268,9 +343,11 @@ class ModelGatesClient:
                 failure = f"ModelGates at {host} did not answer within {settings.timeout:g} s."
                 if not op.resend_safe:
                     failure += " " + _MAYBE_CONSUMED
-            except (httpx.TransportError, _TooLarge) as exc:
+            except (httpx.TransportError, _TooLarge, _Undecodable) as exc:
                 if isinstance(exc, _TooLarge):
                     failure = f"ModelGates at {host} sent a response larger than {MAX_BODY_BYTES // 1024} KiB; refused."
+                elif isinstance(exc, _Undecodable):
+                    failure = f"ModelGates at {host} sent a response in {exc}; refused."
                 else:
                     failure = f"The connection to ModelGates at {host} failed mid-request ({type(exc).__name__})."
                 if not op.resend_safe:
@@ -306,18 +383,28 @@ class ModelGatesClient:
             status = resp.status_code
             if _LOCATION in resp.extensions:
                 resp.headers["location"] = resp.extensions[_LOCATION]
-            cap = MAX_BODY_BYTES if 200 <= status < 300 else ERROR_BODY_BYTES
+            ok = 200 <= status < 300
+            cap = MAX_BODY_BYTES if ok else ERROR_BODY_BYTES
             length = resp.headers.get("content-length", "")
-            if 200 <= status < 300 and length.isdigit() and int(length) > cap:
+            if ok and length.isdigit() and int(length) > cap:
                 raise _TooLarge
-            body = bytearray()
-            async for chunk in resp.aiter_bytes():
-                body += chunk
-                if len(body) > cap:
-                    if 200 <= status < 300:
-                        raise _TooLarge
-                    break  # an excerpt of an error body is all that is needed
-            return status, resp.headers, bytes(body)
+            # Raw bytes, decoded here under the cap: httpx's own decoding (`aiter_bytes`) inflates
+            # each chunk whole before anything could count it.
+            reader = _BoundedBody(resp.headers.get("content-encoding", ""), cap)
+            try:
+                async for chunk in resp.aiter_raw():
+                    reader.feed(chunk)
+                    if reader.over:
+                        if ok:
+                            raise _TooLarge
+                        break  # an excerpt of an error body is all that is needed
+            except _Undecodable as exc:
+                if ok:
+                    raise
+                # An error answer keeps its status and what of its body could be decoded.
+                if not reader.body:
+                    return status, resp.headers, f"(a body in {exc}, not shown)".encode()
+            return status, resp.headers, bytes(reader.body[:cap])
 
     def _status_failure(self, op: Operation, status: int, headers: httpx.Headers, raw: bytes) -> str:
         host = self._settings.host
