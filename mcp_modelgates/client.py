@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from mcp_modelgates.config import Settings, caller_key
+from mcp_modelgates.config import Settings, caller_identity, caller_key
 from mcp_modelgates.models import Operation, RequestModel, ResponseModel
 
 if TYPE_CHECKING:
@@ -46,6 +46,16 @@ _CODING_NAME = re.compile(r"[a-z0-9._+-]{1,32}")
 EXCERPT_CHARS = 200
 RETRY_WAIT_CAP = 10.0  # seconds; the most one Retry-After or backoff wait may take
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Connections to ModelGates, all callers together: room for four callers at their cap at once,
+# far below a process's file descriptor limit. A call that finds all of them busy waits up to
+# MODELGATES_CONNECT_TIMEOUT, then fails as local overload.
+MAX_CONNECTIONS = 256
+MAX_IDLE_CONNECTIONS = 64  # kept open between bursts (for 5 s), so a burst does not reconnect
+# Calls one caller (one credential: a caller's own key, or the server's token or key) may have
+# waiting on ModelGates at once. Past it a call fails at once instead of queueing, so that one
+# caller's burst cannot take the pool from the others. 64 in flight is far beyond what one MCP
+# client does, and exactly what the benchmark and tests/test_robustness.py send.
+CALLER_IN_FLIGHT = 64
 
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
 # ASCII digits only: str.isdigit() also accepts "²", which float() refuses.
@@ -207,7 +217,7 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
 def _connect_failure(exc: BaseException, host: str, connect_timeout: float) -> str:
     import httpx
 
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+    if isinstance(exc, httpx.ConnectTimeout):
         return f"Timed out after {connect_timeout:g} s connecting to ModelGates at {host}."
     tls = _tls_failure(exc)
     if tls is not None:
@@ -249,6 +259,7 @@ class ModelGatesClient:
         self._settings = settings
         self._backoff_base = backoff_base
         self._http: httpx.AsyncClient | None = None
+        self._in_flight: dict[bytes, int] = {}  # calls per caller identity; one event loop, no lock
         self._headers = {
             "Accept": "application/json",
             # Answers are small JSON: compression saves nothing, so ask for none. One compressed
@@ -269,8 +280,10 @@ class ModelGatesClient:
             timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout, pool=settings.connect_timeout)
             # No redirects: the Authorization header must never follow one to another host.
             # TLS verification stays at httpx's default (on); there is no switch to turn it off.
+            limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS)
             self._http = httpx.AsyncClient(
                 timeout=timeout,
+                limits=limits,
                 follow_redirects=False,
                 trust_env=False,
                 event_hooks={"response": [_set_location_aside]},
@@ -297,6 +310,25 @@ class ModelGatesClient:
                 "MODELGATES_API_KEY is not set: creating an authorization code needs a ModelGates API key. "
                 "Set it in the MCP server's environment and restart the server."
             )
+        who = caller_identity(settings)
+        held = self._in_flight.get(who, 0)
+        if held >= CALLER_IN_FLIGHT:
+            raise ApiError(
+                f"Too many calls at once: this caller already has {held} calls waiting for ModelGates, the most "
+                "one caller (one key or token) may have in flight. This call was not sent; send it again once "
+                "some have finished."
+            )
+        self._in_flight[who] = held + 1
+        try:
+            return await self._call(op, request, key)
+        finally:
+            if self._in_flight[who] > 1:
+                self._in_flight[who] -= 1
+            else:
+                del self._in_flight[who]
+
+    async def _call(self, op: Operation, request: RequestModel, key: SecretStr | None) -> ResponseModel:
+        settings = self._settings
         content = request.model_dump_json().encode()
         headers = self._auth_headers
         if key is not None:
@@ -333,7 +365,16 @@ class ModelGatesClient:
             try:
                 state["maybe_sent"] = True
                 status, resp_headers, raw = await self._send(op.method, url, content, headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            except httpx.PoolTimeout:
+                # Every connection stayed busy: overload here, not a network problem. Not retried,
+                # since a retry would only queue again behind the same calls.
+                state["maybe_sent"] = False
+                failure = (
+                    f"This server is overloaded: all {MAX_CONNECTIONS} of its connections to ModelGates stayed busy "
+                    f"for {settings.connect_timeout:g} s (MODELGATES_CONNECT_TIMEOUT). The call was not sent; "
+                    "try again in a moment."
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # The request never left this process: safe to send again for every operation.
                 # A certificate that failed verification will fail the same way again, though.
                 state["maybe_sent"] = False

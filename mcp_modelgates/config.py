@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextvars
+import hashlib
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -188,6 +190,21 @@ def caller_key_for_request(key: SecretStr | None) -> Iterator[None]:
 def caller_key() -> SecretStr | None:
     """The key sent by the caller of the request being served, if any (per-caller key mode)."""
     return _caller_key.get()
+
+
+# Keys the identities below, fresh per process: an identity tells callers apart here and nowhere
+# else, and nothing kept in memory can be checked against a guessed key.
+_IDENTITY_KEY = os.urandom(16)
+
+
+def caller_identity(settings: Settings) -> bytes:
+    """Who a call counts against for per-caller limits: a keyed hash of the credential it uses (the
+    key that came with the request, else the server's token, else its key), never the credential
+    itself; b"" for a caller with none (they are told apart by nothing, so they share one)."""
+    secret = _caller_key.get() or settings.http_token or settings.api_key
+    if secret is None:
+        return b""
+    return hashlib.blake2b(secret.get_secret_value().encode(), key=_IDENTITY_KEY, digest_size=16).digest()
 
 
 def is_loopback(host: str) -> bool:
