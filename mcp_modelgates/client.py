@@ -280,7 +280,9 @@ class ModelGatesClient:
             timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout, pool=settings.connect_timeout)
             # No redirects: the Authorization header must never follow one to another host.
             # TLS verification stays at httpx's default (on); there is no switch to turn it off.
-            limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS)
+            limits = httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS, keepalive_expiry=5.0
+            )
             self._http = httpx.AsyncClient(
                 timeout=timeout,
                 limits=limits,
