@@ -707,6 +707,10 @@ def find_project() -> list[str]:
     return [script]
 
 
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 async def run(rounds: Rounds) -> tuple[str, bool]:
     # One stand-in port per contestant (so connections are counted apart); the last one serves
     # the direct httpx POSTs.
@@ -724,30 +728,23 @@ async def run(rounds: Rounds) -> tuple[str, bool]:
                 contestant("mcp-modelgates", find_project(), 0),
                 contestant("minimal forwarder", [sys.executable, str(HERE / "minimal_forwarder.py")], 1),
             ]
-            print(f"cold starts: 1 untimed + {rounds.cold} rounds ...", file=sys.stderr, flush=True)
+            progress(f"cold starts: 1 untimed + {rounds.cold} rounds ...")
             await cold_starts(contestants, rounds.cold)
-            print(
-                f"calls: {rounds.warmup} warm-up + {rounds.sequential} sequential, {rounds.bursts} bursts "
-                f"of {IN_FLIGHT} ...",
-                file=sys.stderr,
-                flush=True,
+            progress(
+                f"calls: {rounds.warmup} warm-up + {rounds.sequential} sequential, "
+                f"{rounds.bursts} bursts of {IN_FLIGHT} ..."
             )
             direct = await calls(contestants, stand_in, rounds)
             for c in contestants:
                 c.errlog.seek(0)
                 c.request_log_lines = sum("HTTP Request:" in line for line in c.errlog)
-            print(
+            progress(
                 f"over HTTP: {rounds.warmup} warm-up + {rounds.sequential} sequential, {rounds.bursts} bursts "
-                f"of {IN_FLIGHT}; then one process vs two ...",
-                file=sys.stderr,
-                flush=True,
+                f"of {IN_FLIGHT}; then one process vs two ..."
             )
             over_http = await run_http(stand_in, pycache, stack, rounds)
-            print(
-                f"one caller's burst: {rounds.burst_a} calls from A, {rounds.burst_b} from B, "
-                f"answers taking {rounds.slow:g} s ...",
-                file=sys.stderr,
-                flush=True,
+            progress(
+                f"one caller's burst: {rounds.burst_a} + {rounds.burst_b} calls, answers taking {rounds.slow:g} s ..."
             )
             callers = await run_fairness(stand_in, pycache, stack, rounds)
     finally:
