@@ -559,7 +559,11 @@ async def run_fairness(stand_in: StandIn, pycache: str, stack: contextlib.ExitSt
     lean = LeanHttp()
     proc, port = await start_http([*find_project(), "--transport", "http"], env, errlog, lean)
     key_b = "sk-bench-caller-b-9876543210"
-    alone, a, b = Caller("B alone", key_b), Caller("A, bursting", "sk-bench-caller-a-0123456789"), Caller("B", key_b)
+    alone, a, b = (
+        Caller("B alone", key_b),
+        Caller("A, bursting", "sk-bench-caller-a-0123456789"),
+        Caller("B, while A bursts", key_b),
+    )
     try:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         async with httpx.AsyncClient(limits=limits, timeout=120, trust_env=False) as http:
@@ -586,7 +590,7 @@ def fairness_report(alone: Caller, a: Caller, b: Caller, rounds: Rounds) -> tupl
     holds = share(b) >= FAIR_SHARE
     callers = (alone, a, b)
     lines = [
-        f"| one caller's burst over HTTP, per-caller keys, API answering in {rounds.slow:g} s | "
+        f"| one caller's burst, API answering in {rounds.slow:g} s | "
         + " | ".join(c.name for c in callers)
         + " | budget |",
         "|---|---:|---:|---:|---|",
