@@ -7,10 +7,12 @@ the benchmark's client. Every accepted socket gets TCP_NODELAY: without it, Nagl
 and delayed ACKs turn each small answer into a ~40 ms wait and the benchmark measures nothing.
 
 It listens on one port per contestant so that connections can be counted per contestant.
+With `--slow SECONDS`, one more port (the last) answers after SECONDS and accepts any bearer
+key: the slow API of the per-caller burst, where callers bring keys of their own.
 Protocol on its pipes: the first stdout line is `{"ports": [...]}`; then each stdin line
 `stats` is answered with one JSON line of per-port counts, `reset` zeroes them, EOF stops it.
 
-    python benchmarks/api_stand_in.py --listeners 3 --api-key sk-bench
+    python benchmarks/api_stand_in.py --listeners 3 --api-key sk-bench [--slow 2.5]
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ class Counts:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, counts: Counts, index: int, authorization: str) -> None:
+    def __init__(self, counts: Counts, index: int, authorization: str | None, delay: float = 0.0) -> None:
         self._counts = counts
         self._index = index
-        self._authorization = authorization
+        self._authorization = authorization  # None: any bearer key
+        self._delay = delay
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
 
@@ -80,16 +83,29 @@ class _Connection(asyncio.Protocol):
             del self._buffer[: end + 4 + length]
             method, path, _ = lines[0].split(" ", 2)
             self._counts.requests[self._index] += 1
-            assert self._transport is not None
-            self._transport.write(self._answer(method, path, headers, body))
-            if headers.get("connection", "").lower() == "close":
-                self._transport.close()
+            answer = self._answer(method, path, headers, body)
+            close = headers.get("connection", "").lower() == "close"
+            if self._delay:
+                asyncio.get_running_loop().call_later(self._delay, self._send, answer, close)
+            else:
+                self._send(answer, close)
+            if close:
                 return
+
+    def _send(self, answer: bytes, close: bool) -> None:
+        assert self._transport is not None
+        if self._transport.is_closing():
+            return  # the client gave up
+        self._transport.write(answer)
+        if close:
+            self._transport.close()
 
     def _answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
         if method != "POST" or path != PREFIX + "/auth/keys/code":
             return _error(404, "Not Found", "Not found")
-        if headers.get("authorization") != self._authorization:
+        authorization = headers.get("authorization", "")
+        allowed = authorization == self._authorization if self._authorization else authorization.startswith("Bearer ")
+        if not allowed:
             return _error(401, "Unauthorized", "Missing Authentication header")
         try:
             data = json.loads(body)
@@ -101,13 +117,16 @@ class _Connection(asyncio.Protocol):
         return _response(200, "OK", {"data": code})
 
 
-async def _serve(listeners: int, api_key: str) -> None:
+async def _serve(listeners: int, api_key: str, slow: float) -> None:
     loop = asyncio.get_running_loop()
-    counts = Counts(listeners)
+    counts = Counts(listeners + (1 if slow else 0))
     servers = []
-    for index in range(listeners):
-        factory = functools.partial(_Connection, counts, index, f"Bearer {api_key}")
-        servers.append(await loop.create_server(factory, "127.0.0.1", 0, backlog=512))
+    for index in range(len(counts.connections)):
+        if index < listeners:
+            factory = functools.partial(_Connection, counts, index, f"Bearer {api_key}")
+        else:
+            factory = functools.partial(_Connection, counts, index, None, slow)
+        servers.append(await loop.create_server(factory, "127.0.0.1", 0, backlog=1024))
     ports = [server.sockets[0].getsockname()[1] for server in servers]
     print(json.dumps({"ports": ports}), flush=True)
 
@@ -128,8 +147,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listeners", type=int, default=1, help="how many ports to listen on (one per contestant)")
     parser.add_argument("--api-key", default="sk-bench", help="the bearer key the stand-in accepts")
+    parser.add_argument("--slow", type=float, default=0.0, help="add a port answering after SECONDS, any key")
     args = parser.parse_args()
-    asyncio.run(_serve(args.listeners, args.api_key))
+    asyncio.run(_serve(args.listeners, args.api_key, args.slow))
 
 
 if __name__ == "__main__":

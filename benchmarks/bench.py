@@ -19,7 +19,11 @@ interleaved the same way, spoken to by one httpx client in this process (sequent
 64 in flight); and two mcp-modelgates processes behind a round-robin split (each request to the
 next process, no affinity, as a load balancer would send them) against one process, in calls/s.
 
-    python benchmarks/bench.py             # the full run, about 80 s on 2 cores
+Last, one caller's burst over HTTP with per-caller keys (`MODELGATES_KEY_FROM_CLIENT=1`), against
+an API stand-in that takes 2.5 s per answer: caller A sends 450 calls at once, caller B 50 a
+moment later; B's success rate (budget: at least 90 %) and latency, and what A got.
+
+    python benchmarks/bench.py             # the full run, about 90 s on 2 cores
     python benchmarks/bench.py --quick     # a few rounds, only to prove it still runs
     python benchmarks/bench.py --check     # exit 1 when a budget line does not hold
 """
@@ -69,10 +73,14 @@ class Rounds:
     warmup: int
     sequential: int
     bursts: int
+    burst_a: int  # one caller's burst over HTTP: calls A sends at once
+    burst_b: int  # calls B sends alongside
+    slow: float  # seconds the API stand-in takes per answer in that phase
 
 
-FULL = Rounds(cold=21, warmup=50, sequential=500, bursts=15)
-QUICK = Rounds(cold=2, warmup=5, sequential=20, bursts=2)
+FULL = Rounds(cold=21, warmup=50, sequential=500, bursts=15, burst_a=450, burst_b=50, slow=2.5)
+QUICK = Rounds(cold=2, warmup=5, sequential=20, bursts=2, burst_a=80, burst_b=10, slow=0.3)
+FAIR_SHARE = 0.90  # budget: B's calls that succeed while A bursts
 
 
 @dataclass
@@ -97,9 +105,10 @@ class Contestant:
 class StandIn:
     """`api_stand_in.py` in its own process, so that it takes no GIL from this client."""
 
-    def __init__(self, listeners: int) -> None:
+    def __init__(self, listeners: int, slow: float) -> None:
+        argv = [sys.executable, str(HERE / "api_stand_in.py"), "--listeners", str(listeners), "--api-key", API_KEY]
         self._proc = subprocess.Popen(
-            [sys.executable, str(HERE / "api_stand_in.py"), "--listeners", str(listeners), "--api-key", API_KEY],
+            [*argv, "--slow", str(slow)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -501,6 +510,104 @@ def http_report(
     return "\n".join(lines), holds
 
 
+# ---------------------------------------------------------------- one caller's burst
+
+
+@dataclass
+class Caller:
+    name: str
+    key: str
+    outcomes: list[tuple[str, float]] = field(default_factory=list)  # ("ok" | "capped" | "error", seconds)
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for o, _ in self.outcomes if o == outcome)
+
+    def latencies(self) -> list[float]:
+        return [seconds for o, seconds in self.outcomes if o == "ok"]
+
+
+async def fair_call(http: httpx.AsyncClient, url: str, caller: Caller) -> None:
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": PROTOCOL_VERSION,
+        "Authorization": f"Bearer {caller.key}",
+    }
+    start = time.perf_counter()
+    try:
+        answer = await http.post(url, content=CALL_BODY, headers=headers)
+        result = answer.json()["result"] if answer.status_code == 200 else {}
+    except httpx.HTTPError:
+        result = {}
+    elapsed = time.perf_counter() - start
+    if result and not result.get("isError"):
+        outcome = "ok"
+    elif "Too many calls at once" in json.dumps(result):
+        outcome = "capped"
+    else:
+        outcome = "error"
+    caller.outcomes.append((outcome, elapsed))
+
+
+async def run_fairness(stand_in: StandIn, pycache: str, stack: contextlib.ExitStack, rounds: Rounds) -> list[Caller]:
+    """B sends `burst_b` calls alone; then A bursts `burst_a` calls and B sends `burst_b` again a
+    moment later, each caller with a key of its own."""
+    errlog = stack.enter_context(tempfile.TemporaryFile("a+"))  # noqa: SIM115 - the stack closes it
+    env = environment(stand_in.base_url(len(stand_in.ports) - 1), pycache)  # the slow port, any key
+    del env["MODELGATES_API_KEY"]
+    env["MODELGATES_KEY_FROM_CLIENT"] = "1"
+    lean = LeanHttp()
+    proc, port = await start_http([*find_project(), "--transport", "http"], env, errlog, lean)
+    key_b = "sk-bench-caller-b-9876543210"
+    alone, a, b = (
+        Caller("B alone", key_b),
+        Caller("A, bursting", "sk-bench-caller-a-0123456789"),
+        Caller("B, while A bursts", key_b),
+    )
+    try:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(limits=limits, timeout=120, trust_env=False) as http:
+            url = f"http://127.0.0.1:{port}/mcp"
+            await asyncio.gather(*(fair_call(http, url, alone) for _ in range(rounds.burst_b)))
+            burst = asyncio.gather(*(fair_call(http, url, a) for _ in range(rounds.burst_a)))
+            await asyncio.sleep(min(0.2, rounds.slow / 2))  # B comes while A's burst is in flight
+            await asyncio.gather(burst, *(fair_call(http, url, b) for _ in range(rounds.burst_b)))
+    finally:
+        await lean.close()
+        proc.terminate()
+        await proc.wait()
+    return [alone, a, b]
+
+
+def fairness_report(alone: Caller, a: Caller, b: Caller, rounds: Rounds) -> tuple[str, bool]:
+    def share(c: Caller) -> float:
+        return c.count("ok") / len(c.outcomes)
+
+    def latency(c: Caller) -> str:
+        samples = c.latencies()
+        return f"{statistics.median(samples) * 1000:.0f} / {p99(samples) * 1000:.0f}" if samples else "-"
+
+    holds = share(b) >= FAIR_SHARE
+    callers = (alone, a, b)
+    lines = [
+        f"| one caller's burst, API answering in {rounds.slow:g} s | "
+        + " | ".join(c.name for c in callers)
+        + " | budget |",
+        "|---|---:|---:|---:|---|",
+        f"| calls sent | {len(alone.outcomes)} at once | {len(a.outcomes)} at once | {len(b.outcomes)}, a moment "
+        "later | |",
+        "| succeeded | "
+        + " | ".join(f"{c.count('ok')} ({share(c):.0%})" for c in callers)
+        + f" | B >= {FAIR_SHARE:.0%} {'ok' if holds else 'MISSED'} |",
+        "| refused at once: over the caller's cap of calls in flight | "
+        + " | ".join(str(c.count("capped")) for c in callers)
+        + " | |",
+        "| other errors | " + " | ".join(str(c.count("error")) for c in callers) + " | |",
+        "| latency of the successes, p50 / p99 (ms) | " + " | ".join(latency(c) for c in callers) + " | |",
+    ]
+    return "\n".join(lines), holds
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -604,10 +711,14 @@ def find_project() -> list[str]:
     return [script]
 
 
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 async def run(rounds: Rounds) -> tuple[str, bool]:
     # One stand-in port per contestant (so connections are counted apart); the last one serves
     # the direct httpx POSTs.
-    stand_in = StandIn(listeners=3)
+    stand_in = StandIn(listeners=3, slow=rounds.slow)
     try:
         with contextlib.ExitStack() as stack:
             pycache = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pycache-"))
@@ -621,30 +732,31 @@ async def run(rounds: Rounds) -> tuple[str, bool]:
                 contestant("mcp-modelgates", find_project(), 0),
                 contestant("minimal forwarder", [sys.executable, str(HERE / "minimal_forwarder.py")], 1),
             ]
-            print(f"cold starts: 1 untimed + {rounds.cold} rounds ...", file=sys.stderr, flush=True)
+            progress(f"cold starts: 1 untimed + {rounds.cold} rounds ...")
             await cold_starts(contestants, rounds.cold)
-            print(
-                f"calls: {rounds.warmup} warm-up + {rounds.sequential} sequential, {rounds.bursts} bursts "
-                f"of {IN_FLIGHT} ...",
-                file=sys.stderr,
-                flush=True,
+            progress(
+                f"calls: {rounds.warmup} warm-up + {rounds.sequential} sequential, "
+                f"{rounds.bursts} bursts of {IN_FLIGHT} ..."
             )
             direct = await calls(contestants, stand_in, rounds)
             for c in contestants:
                 c.errlog.seek(0)
                 c.request_log_lines = sum("HTTP Request:" in line for line in c.errlog)
-            print(
+            progress(
                 f"over HTTP: {rounds.warmup} warm-up + {rounds.sequential} sequential, {rounds.bursts} bursts "
-                f"of {IN_FLIGHT}; then one process vs two ...",
-                file=sys.stderr,
-                flush=True,
+                f"of {IN_FLIGHT}; then one process vs two ..."
             )
             over_http = await run_http(stand_in, pycache, stack, rounds)
+            progress(
+                f"one caller's burst: {rounds.burst_a} + {rounds.burst_b} calls, answers taking {rounds.slow:g} s ..."
+            )
+            callers = await run_fairness(stand_in, pycache, stack, rounds)
     finally:
         stand_in.close()
     table, holds = report(contestants[0], contestants[1], direct, rounds)
     http_table, http_holds = http_report(*over_http, rounds)
-    return table + "\n\n" + http_table, holds and http_holds
+    fair_table, fair_holds = fairness_report(*callers, rounds)
+    return table + "\n\n" + http_table + "\n\n" + fair_table, holds and http_holds and fair_holds
 
 
 def main() -> int:

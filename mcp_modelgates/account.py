@@ -63,6 +63,22 @@ def _modern(ctx: Any) -> bool:
     return ctx.session.protocol_version in MODERN_PROTOCOL_VERSIONS
 
 
+# Clients that speak 2026-07-28 and declare elicitation but fail a tools/call answered with
+# `input_required` instead of retrying it (GitHub Copilot CLI 1.0.102: "expected CallToolResult from
+# tools/call"). They are never sent one: they get the link and the flow_id, as a client without URL
+# elicitation does, so connect_account still works there.
+NO_INPUT_REQUIRED_CLIENTS = frozenset({"copilot-cli"})
+
+
+def _asks_by_input_required(ctx: Any) -> bool:
+    """Whether this call may ask the client through `InputRequiredResult` (the 2026-07-28 era)."""
+    if not _modern(ctx):
+        return False
+    params = ctx.session.client_params
+    name = params.client_info.name if params is not None else None
+    return name not in NO_INPUT_REQUIRED_CLIENTS
+
+
 def _declares_roots(ctx: Any) -> bool:
     caps = ctx.session.client_capabilities
     return caps is not None and caps.roots is not None
@@ -223,7 +239,7 @@ class ConnectAccount:
             return await self._outcome_of(request, ctx)
         roots: list[str] = []
         if request.store == "env_file" and not self._settings.workspace and _declares_roots(ctx):
-            if _modern(ctx):
+            if _asks_by_input_required(ctx):
                 return self._ask(request, "roots", types.ListRootsRequest(), None, ROOTS_STEP_SECONDS)
             roots = await _roots(ctx)
         return await self._start(request, ctx, roots)
@@ -256,7 +272,7 @@ class ConnectAccount:
         flow = await self._flows.start(destination, request.timeout)
         if not _declares_url_elicitation(ctx):
             return _result(flow, None)
-        if _modern(ctx):
+        if _asks_by_input_required(ctx):
             page = types.ElicitRequestURLParams(
                 message=_approval_message(flow), url=flow.authorization_url, elicitation_id=flow.flow_id
             )

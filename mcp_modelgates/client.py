@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -24,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from mcp_modelgates.config import Settings, caller_key
+from mcp_modelgates.config import Settings, caller_identity, caller_key
 from mcp_modelgates.models import Operation, RequestModel, ResponseModel
 
 if TYPE_CHECKING:
@@ -37,9 +38,24 @@ logger = logging.getLogger("mcp_modelgates")
 
 MAX_BODY_BYTES = 1 << 20  # a success body larger than this is refused, not buffered
 ERROR_BODY_BYTES = 8 << 10  # enough of an error body for its message or an excerpt
+# Content codings decoded here (zlib's window bits for each); any other is refused, since br and
+# zstd would each need a package of their own, and ModelGates is asked for `identity` anyway.
+_WBITS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+MAX_CODINGS = 3  # layers of Content-Encoding; one is usual, more is a bomb's signature
+_CODING_NAME = re.compile(r"[a-z0-9._+-]{1,32}")
 EXCERPT_CHARS = 200
 RETRY_WAIT_CAP = 10.0  # seconds; the most one Retry-After or backoff wait may take
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Connections to ModelGates, all callers together: room for four callers at their cap at once,
+# far below a process's file descriptor limit. A call that finds all of them busy waits up to
+# MODELGATES_CONNECT_TIMEOUT, then fails as local overload.
+MAX_CONNECTIONS = 256
+MAX_IDLE_CONNECTIONS = 64  # kept open between bursts (for 5 s), so a burst does not reconnect
+# Calls one caller (one credential: a caller's own key, or the server's token or key) may have
+# waiting on ModelGates at once. Past it a call fails at once instead of queueing, so that one
+# caller's burst cannot take the pool from the others. 64 in flight is far beyond what one MCP
+# client does, and exactly what the benchmark and tests/test_robustness.py send.
+CALLER_IN_FLIGHT = 64
 
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
 # ASCII digits only: str.isdigit() also accepts "²", which float() refuses.
@@ -73,6 +89,71 @@ class ApiError(Exception):
 
 class _TooLarge(Exception):
     pass
+
+
+class _Undecodable(Exception):
+    """A body in a content coding not decoded here, or whose coding is corrupt; `str()` says which."""
+
+
+class _BoundedBody:
+    """A response body read under a byte cap, its content codings decoded as it streams in.
+
+    Every layer counts against the cap on its own: the bytes on the wire and each decoded layer,
+    so a small compressed answer cannot inflate past it (a nested gzip bomb stops at the cap
+    too), and each `decompress` call is told how much it may produce rather than checked after.
+    """
+
+    def __init__(self, content_encoding: str, cap: int) -> None:
+        codings = [c.strip().lower() for c in content_encoding.split(",")]
+        codings = [c for c in codings if c and c != "identity"]
+        unknown = [c for c in codings if c not in _WBITS]
+        self._problem: str | None = None  # raised at the first byte, so an empty body stays an empty body
+        if unknown:
+            # Quoted only whole and only when it looks like a coding name: a cut could leave half a secret.
+            name = repr(unknown[0]) if _CODING_NAME.fullmatch(unknown[0]) else "an unknown name"
+            self._problem = f"a content coding this server does not decode ({name})"
+        elif len(codings) > MAX_CODINGS:
+            self._problem = f"{len(codings)} layers of content coding (at most {MAX_CODINGS} are decoded)"
+        self._cap = cap
+        # Codings are listed in the order they were applied: decode from the last one.
+        self._codings = [] if self._problem else codings[::-1]
+        self._layers = [zlib.decompressobj(_WBITS[c]) for c in self._codings]
+        self._started = [False] * len(self._layers)
+        self._sizes = [0] * (len(self._layers) + 1)  # the wire first, then each decoded layer
+        self.body = bytearray()
+        self.over = False  # a layer went past the cap; what is in `body` is its first `cap` bytes
+
+    def feed(self, data: bytes) -> None:
+        if self._problem is not None:
+            raise _Undecodable(self._problem)
+        self._sizes[0] += len(data)
+        if self._sizes[0] > self._cap:
+            self.over = True
+            data = data[: max(0, self._cap - self._sizes[0] + len(data))]
+        for i, layer in enumerate(self._layers):
+            room = self._cap + 1 - self._sizes[i + 1]
+            data = self._inflate(i, layer, data, room)
+            self._sizes[i + 1] += len(data)
+            if self._sizes[i + 1] > self._cap:
+                self.over = True
+        self.body += data[: self._cap + 1 - len(self.body)]
+
+    def _inflate(self, i: int, layer: zlib._Decompress, data: bytes, room: int) -> bytes:
+        if not data or room <= 0:
+            return b""
+        try:
+            out: bytes = layer.decompress(data, room)
+        except zlib.error:
+            if self._codings[i] != "deflate" or self._started[i]:
+                raise _Undecodable(f"a {self._codings[i]} coding that could not be decoded") from None
+            # "deflate" is meant to be zlib-wrapped, but some servers send a raw deflate stream.
+            self._layers[i] = layer = zlib.decompressobj(-zlib.MAX_WBITS)
+            try:
+                out = layer.decompress(data, room)
+            except zlib.error:
+                raise _Undecodable("a deflate coding that could not be decoded") from None
+        self._started[i] = True
+        return out
 
 
 def _same(text: str) -> str:
@@ -140,7 +221,7 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
 def _connect_failure(exc: BaseException, host: str, connect_timeout: float) -> str:
     import httpx
 
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+    if isinstance(exc, httpx.ConnectTimeout):
         return f"Timed out after {connect_timeout:g} s connecting to ModelGates at {host}."
     tls = _tls_failure(exc)
     if tls is not None:
@@ -182,8 +263,13 @@ class ModelGatesClient:
         self._settings = settings
         self._backoff_base = backoff_base
         self._http: httpx.AsyncClient | None = None
+        self._in_flight: dict[bytes, int] = {}  # calls per caller identity; one event loop, no lock
         self._headers = {
             "Accept": "application/json",
+            # Answers are small JSON: compression saves nothing, so ask for none. One compressed
+            # anyway is decoded under the size cap rather than refused, so that a proxy that
+            # compresses regardless does not break every call.
+            "Accept-Encoding": "identity",
             "Content-Type": "application/json",
             "User-Agent": user_agent,
         }
@@ -198,8 +284,12 @@ class ModelGatesClient:
             timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout, pool=settings.connect_timeout)
             # No redirects: the Authorization header must never follow one to another host.
             # TLS verification stays at httpx's default (on); there is no switch to turn it off.
+            limits = httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE_CONNECTIONS, keepalive_expiry=5.0
+            )
             self._http = httpx.AsyncClient(
                 timeout=timeout,
+                limits=limits,
                 follow_redirects=False,
                 trust_env=False,
                 event_hooks={"response": [_set_location_aside]},
@@ -229,6 +319,25 @@ class ModelGatesClient:
                 "MODELGATES_API_KEY is not set: creating an authorization code needs a ModelGates API key. "
                 "Set it in the MCP server's environment and restart the server."
             )
+        who = caller_identity(settings)
+        held = self._in_flight.get(who, 0)
+        if held >= CALLER_IN_FLIGHT:
+            raise ApiError(
+                f"Too many calls at once: this caller already has {held} calls waiting for ModelGates, the most "
+                "one caller (one key or token) may have in flight. This call was not sent; send it again once "
+                "some have finished."
+            )
+        self._in_flight[who] = held + 1
+        try:
+            return await self._call(op, request, key)
+        finally:
+            if self._in_flight[who] > 1:
+                self._in_flight[who] -= 1
+            else:
+                del self._in_flight[who]
+
+    async def _call(self, op: Operation, request: RequestModel, key: SecretStr | None) -> ResponseModel:
+        settings = self._settings
         content = request.model_dump_json().encode()
         headers = self._auth_headers
         if key is not None:
@@ -265,7 +374,16 @@ class ModelGatesClient:
             try:
                 state["maybe_sent"] = True
                 status, resp_headers, raw = await self._send(op.method, url, content, headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            except httpx.PoolTimeout:
+                # Every connection stayed busy: overload here, not a network problem. Not retried,
+                # since a retry would only queue again behind the same calls.
+                state["maybe_sent"] = False
+                failure = (
+                    f"This server is overloaded: all {MAX_CONNECTIONS} of its connections to ModelGates stayed busy "
+                    f"for {settings.connect_timeout:g} s (MODELGATES_CONNECT_TIMEOUT). The call was not sent; "
+                    "try again in a moment."
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # The request never left this process: safe to send again for every operation.
                 # A certificate that failed verification will fail the same way again, though.
                 state["maybe_sent"] = False
@@ -275,9 +393,11 @@ class ModelGatesClient:
                 failure = f"ModelGates at {host} did not answer within {settings.timeout:g} s."
                 if not op.resend_safe:
                     failure += " " + _MAYBE_CONSUMED
-            except (httpx.TransportError, _TooLarge) as exc:
+            except (httpx.TransportError, _TooLarge, _Undecodable) as exc:
                 if isinstance(exc, _TooLarge):
                     failure = f"ModelGates at {host} sent a response larger than {MAX_BODY_BYTES // 1024} KiB; refused."
+                elif isinstance(exc, _Undecodable):
+                    failure = f"ModelGates at {host} sent a response in {exc}; refused."
                 else:
                     failure = f"The connection to ModelGates at {host} failed mid-request ({type(exc).__name__})."
                 if not op.resend_safe:
@@ -313,18 +433,28 @@ class ModelGatesClient:
             status = resp.status_code
             if _LOCATION in resp.extensions:
                 resp.headers["location"] = resp.extensions[_LOCATION]
-            cap = MAX_BODY_BYTES if 200 <= status < 300 else ERROR_BODY_BYTES
+            ok = 200 <= status < 300
+            cap = MAX_BODY_BYTES if ok else ERROR_BODY_BYTES
             length = resp.headers.get("content-length", "")
-            if 200 <= status < 300 and length.isdigit() and int(length) > cap:
+            if ok and length.isdigit() and int(length) > cap:
                 raise _TooLarge
-            body = bytearray()
-            async for chunk in resp.aiter_bytes():
-                body += chunk
-                if len(body) > cap:
-                    if 200 <= status < 300:
-                        raise _TooLarge
-                    break  # an excerpt of an error body is all that is needed
-            return status, resp.headers, bytes(body)
+            # Raw bytes, decoded here under the cap: httpx's own decoding (`aiter_bytes`) inflates
+            # each chunk whole before anything could count it.
+            reader = _BoundedBody(resp.headers.get("content-encoding", ""), cap)
+            try:
+                async for chunk in resp.aiter_raw():
+                    reader.feed(chunk)
+                    if reader.over:
+                        if ok:
+                            raise _TooLarge
+                        break  # an excerpt of an error body is all that is needed
+            except _Undecodable as exc:
+                if ok:
+                    raise
+                # An error answer keeps its status and what of its body could be decoded.
+                if not reader.body:
+                    return status, resp.headers, f"(a body in {exc}, not shown)".encode()
+            return status, resp.headers, bytes(reader.body[:cap])
 
     def _status_failure(self, op: Operation, status: int, headers: httpx.Headers, raw: bytes) -> str:
         host = self._settings.host

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import contextvars
+import hashlib
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from pydantic import SecretStr
 
@@ -85,17 +87,104 @@ class Settings:
 
     def redact(self, text: str) -> str:
         """Mask every occurrence of the configured key, the HTTP token, the OAuth secrets and the key
-        of the request being served (an upstream may echo any of them back).
+        of the request being served (an upstream may echo any of them back), also percent-encoded,
+        `\\u`-escaped or with invisible characters inside, in any mix.
 
         The plain forms are derived here on each call rather than kept in a field, so that
         `dataclasses.asdict(settings)` or `vars(settings)` cannot reveal them."""
-        for secret in (self.api_key, self.http_token, _caller_key.get(), *self.oauth_secrets):
-            if secret is not None:
-                raw = secret.get_secret_value()
-                for plain in sorted({raw, raw.removeprefix("Bearer ").strip()}, key=len, reverse=True):
-                    if plain:
-                        text = text.replace(plain, "***")
+        held = (self.api_key, self.http_token, _caller_key.get(), *self.oauth_secrets)
+        raws = [s.get_secret_value() for s in held if s is not None]
+        for raw in raws:
+            for plain in sorted({raw, raw.removeprefix("Bearer ").strip()}, key=len, reverse=True):
+                if plain:
+                    text = text.replace(plain, "***")
+        # Only text with an escape, a control or a non-ASCII character can hide a disguised secret
+        # (the checks are ordered cheapest first: this runs on every string of every result).
+        if raws and not (
+            text.isascii()
+            and "%" not in text
+            and "\\" not in text
+            and (text.isprintable() or not _CONTROL.search(text))
+        ):
+            text = _mask_disguised(text, {raw.removeprefix("Bearer ").strip() for raw in raws} - {""})
         return text
+
+
+# A disguised secret lies inside one run of text between ASCII spaces: escapes and invisible
+# characters hold none. Within a run, secrets are looked for with every non-ASCII character and
+# ASCII control dropped (zero-width and bidi characters, soft hyphens, NULs: what `excerpt` turns
+# into spaces) and `%XX` and `\\uXXXX` escapes decoded, also escapes of escapes (`%252D`, or the
+# `\\\\u002d` of a repr). Secrets are visible ASCII, so nothing non-ASCII can be part of one.
+_RUN = re.compile(r"[^ \t\n\r]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_U_ESCAPE = re.compile(r"\\+u([0-9A-Fa-f]{4})")
+_INVISIBLE = bytes([*range(0x20), *range(0x7F, 0x100)])
+_HEX = frozenset("0123456789abcdefABCDEF")
+_ESCAPE_DEPTH = 3
+
+
+def _unescaped(word: str) -> str:
+    """`word` as a reader of its escapes would see it, invisible and non-ASCII characters dropped."""
+    for _ in range(_ESCAPE_DEPTH):
+        if "\\" in word:
+            word = _U_ESCAPE.sub(lambda m: chr(int(m[1], 16)), word)
+        raw = word.encode("ascii", "ignore").translate(None, _INVISIBLE)
+        word = unquote_to_bytes(raw).decode("latin-1") if b"%" in raw else raw.decode("ascii")
+        if "%" not in word and "\\" not in word:
+            break
+    return word.encode("ascii", "ignore").translate(None, _INVISIBLE).decode("ascii")
+
+
+def _mask_disguised(text: str, secrets: set[str]) -> str:
+    pieces: list[str] = []
+    last = 0
+    for run in _RUN.finditer(text):
+        word = run.group()
+        if word.isascii() and word.isprintable() and "%" not in word and "\\" not in word:
+            continue
+        unescaped = _unescaped(word)
+        if any(secret in unescaped for secret in secrets):
+            pieces += [text[last : run.start()], _mask_run(word, secrets)]
+            last = run.end()
+    return "".join([*pieces, text[last:]]) if pieces else text
+
+
+def _mask_run(word: str, secrets: set[str]) -> str:
+    """`word` with each span that reads as a secret replaced by `***`; all of it when a secret was
+    seen but cannot be placed here (escapes of escapes, escapes broken up by invisible characters)."""
+    chars: list[str] = []
+    spans: list[tuple[int, int]] = []  # where in `word` each character of `chars` came from
+    i = 0
+    while i < len(word):
+        ch, end = word[i], i + 1
+        if ch == "%" and len(hexa := word[i + 1 : i + 3]) == 2 and _HEX.issuperset(hexa):
+            ch, end = chr(int(hexa, 16)), i + 3
+        elif ch == "\\":
+            u = i + 1
+            while word.startswith("\\", u):
+                u += 1
+            if word.startswith("u", u) and len(hexa := word[u + 1 : u + 5]) == 4 and _HEX.issuperset(hexa):
+                ch, end = chr(int(hexa, 16)), u + 5
+        if " " <= ch <= "~":
+            chars.append(ch)
+            spans.append((i, end))
+        i = end
+    plain = "".join(chars)
+    cuts: list[tuple[int, int]] = []
+    for secret in secrets:
+        at = plain.find(secret)
+        while at >= 0:
+            cuts.append((spans[at][0], spans[at + len(secret) - 1][1]))
+            at = plain.find(secret, at + len(secret))
+    if not cuts:
+        return "***"
+    out: list[str] = []
+    last = 0
+    for start, end in sorted(cuts):
+        if start >= last:
+            out += [word[last:start], "***"]
+        last = max(last, end)
+    return "".join([*out, word[last:]])
 
 
 # The key a caller of the HTTP transport sent with the request being served (in OAuth mode: the
@@ -117,6 +206,21 @@ def caller_key_for_request(key: SecretStr | None) -> Iterator[None]:
 def caller_key() -> SecretStr | None:
     """The key sent by the caller of the request being served, if any (per-caller key mode)."""
     return _caller_key.get()
+
+
+# Keys the identities below, fresh per process: an identity tells callers apart here and nowhere
+# else, and nothing kept in memory can be checked against a guessed key.
+_IDENTITY_KEY = os.urandom(16)
+
+
+def caller_identity(settings: Settings) -> bytes:
+    """Who a call counts against for per-caller limits: a keyed hash of the credential it uses (the
+    key that came with the request, else the server's token, else its key), never the credential
+    itself; b"" for a caller with none (they are told apart by nothing, so they share one)."""
+    secret = _caller_key.get() or settings.http_token or settings.api_key
+    if secret is None:
+        return b""
+    return hashlib.blake2b(secret.get_secret_value().encode(), key=_IDENTITY_KEY, digest_size=16).digest()
 
 
 def is_loopback(host: str) -> bool:

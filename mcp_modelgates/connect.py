@@ -4,26 +4,33 @@ exchange of its code and the storage of the new key, all without the key passing
 A flow is started by a tool call and lives in a task group the server opens in its lifespan, so it
 outlives the call (the browser may arrive after the call returned) but not the server: shutdown
 cancels it and closes its listener. Its state (the verifier, the outcome) stays in this process's
-memory. The listener binds 127.0.0.1 on a free port, serves at most `MAX_CONNECTIONS` connections at
-a time with a short read timeout, answers everything but a GET of its exact path with 404, and ends
-after the first callback that carries `code` or `error`. The browser gets its page only once the
-exchange and the storage are done, so the page tells the truth.
+memory. The listener binds 127.0.0.1 on a free port and parses requests with h11. It holds at most
+`MAX_CONNECTIONS` connections; a new one takes the slot of the oldest that has not sent a request
+head yet, and a silent connection is dropped sooner than a slow one, so that local connections
+opened to hold the slots cannot lock the browser out. It answers everything but a GET of its
+exact path with 404, and ends after the first callback that carries `code` or `error`. The browser
+gets its page only once the exchange and the storage are done, so the page tells the truth. A
+failing accept() (no descriptors left) pauses the listener; nothing a listener meets leaves its flow.
 """
 
 from __future__ import annotations
 
+import errno
 import html
 import logging
+import math
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import anyio.abc
+import h11
 from anyio.abc import SocketAttribute
 
 from mcp_modelgates import keystore, pkce
@@ -35,8 +42,10 @@ logger = logging.getLogger("mcp_modelgates.connect")
 Status = Literal["connected", "waiting_for_approval", "cancelled", "expired", "failed"]
 
 LOOPBACK = "127.0.0.1"
-MAX_CONNECTIONS = 4  # a browser opens one or two; more at once is someone else
-READ_TIMEOUT = 5.0  # seconds for a connection to send its request head
+MAX_CONNECTIONS = 4  # a browser opens one or two; past this, the oldest one still silent is closed
+SILENT_TIMEOUT = 2.0  # seconds a connection may stay silent (a browser sends at once)
+READ_TIMEOUT = 5.0  # seconds for a connection to send its whole request head
+ACCEPT_PAUSE, MAX_ACCEPT_PAUSE = 0.05, 1.0  # waits after a failed accept(), doubling up to the cap
 MAX_HEAD_BYTES = 16 * 1024
 PAGE_WAIT = 60.0  # longest the browser waits for its page while the code is exchanged
 MAX_PENDING = 8  # open listeners at once, across calls
@@ -70,6 +79,14 @@ class _Callback:
     error: str | None
 
 
+@dataclass(eq=False)
+class _Connection:
+    """One accepted connection; until its request head is in, a newer connection may evict it."""
+
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    has_head: bool = False
+
+
 @dataclass
 class CallbackListener:
     """Serves one callback path on 127.0.0.1; `arrived` is set by the first valid callback."""
@@ -81,7 +98,7 @@ class CallbackListener:
     page: tuple[int, str] | None = None
     page_ready: anyio.Event = field(default_factory=anyio.Event)
     page_sent: anyio.Event = field(default_factory=anyio.Event)
-    active: int = 0
+    connections: list[_Connection] = field(default_factory=list)  # oldest first
 
     @property
     def port(self) -> int:
@@ -96,43 +113,67 @@ class CallbackListener:
         self.page_ready.set()
 
     async def serve(self) -> None:
+        pause = ACCEPT_PAUSE
         async with anyio.create_task_group() as tg:
             while True:
-                stream = await self.listener.accept()
-                if self.active >= MAX_CONNECTIONS:
+                try:
+                    stream = await self.listener.accept()
+                except OSError as exc:
+                    # Out of descriptors (EMFILE, ENFILE) or memory: the connection waits in the
+                    # backlog. Pause and try again; the flow, and the server, go on meanwhile.
+                    level = logging.WARNING if pause == ACCEPT_PAUSE else logging.DEBUG  # once a streak
+                    logger.log(level, "callback listener: accept() failed (%s); pausing", _errno_name(exc))
+                    await anyio.sleep(pause)
+                    pause = min(pause * 2, MAX_ACCEPT_PAUSE)
+                    continue
+                pause = ACCEPT_PAUSE
+                if not self._make_room():
                     await stream.aclose()
                     continue
-                self.active += 1
-                tg.start_soon(self._handle, stream)
+                connection = _Connection()
+                self.connections.append(connection)
+                tg.start_soon(self._handle, stream, connection)
 
-    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+    def _make_room(self) -> bool:
+        """A free slot for a new connection: evicts the oldest one that has not sent its request head
+        yet, so that connections opened to hold the slots cannot lock out the browser."""
+        if len(self.connections) < MAX_CONNECTIONS:
+            return True
+        idle = next((c for c in self.connections if not c.has_head), None)
+        if idle is None:
+            return False  # every slot holds a request being answered; those end soon
+        self.connections.remove(idle)
+        idle.scope.cancel()
+        return True
+
+    async def _handle(self, stream: anyio.abc.SocketStream, connection: _Connection) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         try:
-            with anyio.move_on_after(READ_TIMEOUT):
-                head = await _read_head(stream)
-                if head is not None:
-                    await self._respond(stream, head)
+            with connection.scope:  # cancelled when a newer connection needs the slot
+                try:
+                    request = await _read_request(stream, conn)
+                except h11.RemoteProtocolError:
+                    await _send(stream, conn, 400, _page("Bad request", "This is not an HTTP request."))
                     return
-            # Silent, oversized or malformed: drop it without blocking anyone.
+                if request is not None:  # else silent, too slow or gone: drop it without an answer
+                    connection.has_head = True
+                    await self._respond(stream, conn, request)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # the other side went away
         except Exception as exc:  # a bug here must not take the flow (or the server) down
             logger.warning("callback listener: %s while answering a request", type(exc).__name__)
         finally:
-            self.active -= 1
+            if connection in self.connections:
+                self.connections.remove(connection)
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _respond(self, stream: anyio.abc.SocketStream, head: bytes) -> None:
-        try:
-            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-        except ValueError:
-            await _send(stream, 400, _page("Bad request", "This is not an HTTP request."))
-            return
-        parts = urlsplit(target)
+    async def _respond(self, stream: anyio.abc.SocketStream, conn: h11.Connection, request: h11.Request) -> None:
+        parts = urlsplit(request.target.decode("ascii"))
         query = parse_qs(parts.query)
         code, error = query.get("code", [None])[0], query.get("error", [None])[0]
-        if method != "GET" or parts.path != self.path or self.callback is not None or not (code or error):
-            await _send(stream, 404, _page("Not found", "Nothing here."))
+        if request.method != b"GET" or parts.path != self.path or self.callback is not None or not (code or error):
+            await _send(stream, conn, 404, _page("Not found", "Nothing here."))
             return
         self.callback = _Callback(code, error)
         self.arrived.set()
@@ -141,21 +182,38 @@ class CallbackListener:
             await self.page_ready.wait()
         status, page = self.page or (500, _page("Not connected", "The server stopped before the key was stored."))
         try:
-            await _send(stream, status, page)
+            await _send(stream, conn, status, page)
         finally:
             self.page_sent.set()
 
 
-async def _read_head(stream: anyio.abc.SocketStream) -> bytes | None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        if len(data) > MAX_HEAD_BYTES:
-            return None
-        try:
-            data += await stream.receive(4096)
-        except anyio.EndOfStream:
-            return None
-    return data
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
+async def _read_request(stream: anyio.abc.SocketStream, conn: h11.Connection) -> h11.Request | None:
+    """The request head, parsed by h11; None for a connection that stays silent, is too slow or ends.
+
+    A connection that has sent nothing is dropped after SILENT_TIMEOUT (a browser sends its
+    request as soon as it connects); the whole head has READ_TIMEOUT."""
+    wait = SILENT_TIMEOUT
+    with anyio.move_on_after(READ_TIMEOUT):
+        while True:
+            event = conn.next_event()
+            if isinstance(event, h11.Request):
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # ConnectionClosed: it went away before a whole head
+            with anyio.move_on_after(wait) as silent:
+                try:
+                    data = await stream.receive(4096)
+                except anyio.EndOfStream:
+                    data = b""  # tells h11 the other side is done
+            if silent.cancelled_caught:
+                return None
+            wait = math.inf
+            conn.receive_data(data)
+    return None
 
 
 def _page(title: str, message: str) -> str:
@@ -167,20 +225,24 @@ def _page(title: str, message: str) -> str:
     )
 
 
-async def _send(stream: anyio.abc.SocketStream, status: int, page: str) -> None:
+async def _send(stream: anyio.abc.SocketStream, conn: h11.Connection, status: int, page: str) -> None:
+    """The whole answer, then the connection is closed: one request per connection."""
     body = page.encode("utf-8")
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}.get(status, "Error")
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\n"
-        "Content-Type: text/html; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Cache-Control: no-store\r\n"
-        "Referrer-Policy: no-referrer\r\n"
-        "X-Content-Type-Options: nosniff\r\n"
-        "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'\r\n"
-        "Connection: close\r\n\r\n"
+    headers = [
+        ("Content-Type", "text/html; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+        ("Referrer-Policy", "no-referrer"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+        ("Connection", "close"),
+    ]
+    events = (
+        h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase),
+        h11.Data(data=body),
+        h11.EndOfMessage(),
     )
-    await stream.send(head.encode("latin-1") + body)
+    await stream.send(b"".join(conn.send(event) or b"" for event in events))
 
 
 # ---------------------------------------------------------------- flows
@@ -242,8 +304,17 @@ class Flows:
                 f"{MAX_PENDING} connect flows are already waiting for approval; finish or let one expire first."
             )
         flow = Flow(secrets.token_urlsafe(16), destination, seconds)
-        await self._tg.start(self._run, flow)
-        self._flows[flow.flow_id] = flow
+        self._flows[flow.flow_id] = flow  # holds its slot from here: the await below lets other calls in
+        try:
+            await self._tg.start(self._run, flow)
+        except OSError as exc:  # no socket to be had (out of descriptors): this call fails, nothing else
+            del self._flows[flow.flow_id]
+            raise ConnectError(
+                f"Could not open a listener on {LOOPBACK} ({_errno_name(exc)}); try again in a moment."
+            ) from None
+        except BaseException:
+            self._flows.pop(flow.flow_id, None)
+            raise
         finished = [k for k, f in self._flows.items() if f.done.is_set()]
         for stale in finished[: max(0, len(finished) - MAX_FINISHED)]:
             del self._flows[stale]
@@ -252,6 +323,7 @@ class Flows:
     async def _run(self, flow: Flow, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         verifier = pkce.new_verifier()
         challenge = pkce.challenge_for(verifier, "S256")
+        started = False
         try:
             socket_listener = await anyio.create_tcp_listener(local_host=LOOPBACK, local_port=0)
             # create_tcp_listener returns a MultiListener; with one address it holds exactly one.
@@ -264,6 +336,7 @@ class Flows:
                 flow.deadline = anyio.current_time() + flow.timeout
                 logger.info("connect flow %s: listening on %s:%d", flow.flow_id[:6], LOOPBACK, listener.port)
                 task_status.started()
+                started = True
                 try:
                     await self._wait(flow, listener, verifier)
                 except Exception as exc:  # a bug must end this flow only, never the server's task group
@@ -275,6 +348,13 @@ class Flows:
                     if listener.callback is not None:
                         await listener.page_sent.wait()
                 tg.cancel_scope.cancel()
+        except Exception as exc:
+            if not started:
+                raise  # to the call that is starting the flow
+            # Whatever the listener met, it ends this flow only, never the server's task group.
+            logger.error("connect flow %s: the listener failed (%s)", flow.flow_id[:6], type(exc).__name__)
+            if flow.outcome is None:
+                flow.outcome = Outcome("failed", "The local listener failed; see the server log.")
         finally:
             if flow.outcome is None:
                 flow.outcome = Outcome("cancelled", "The server stopped before the flow ended.")

@@ -13,24 +13,35 @@ the authorization server (`mcp_modelgates.oauth`, imported only then): its endpo
 `Host` checked and then their own routes, and `/mcp` wants one of its access tokens (401 with
 `WWW-Authenticate: Bearer resource_metadata=...` otherwise, before the method is even looked at);
 the signed-in user's ModelGates key sealed in the token goes into that same contextvar.
+
+uvicorn runs with a protocol that bounds connections (`BoundedH11Protocol`: a deadline for each
+request head and body, a cap on open connections that evicts the longest-waiting idle one), so
+that connections nobody needs a credential to open cannot use up the process's descriptors.
+`/healthz` answers 503 once the session manager, and with it the server's lifespan, has stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import resource
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+import anyio
+import h11
 import uvicorn
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import SecretStr
 from starlette.datastructures import Headers
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mcp_modelgates import __version__
 from mcp_modelgates.config import HEADER_SAFE, Settings, caller_key_for_request, is_loopback
@@ -45,6 +56,16 @@ MCP_PATH = "/mcp"
 HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 1 << 20
 GRACEFUL_SECONDS = 5  # how long SIGTERM waits for in-flight calls before closing them
+# A client sends its request head as soon as it connects, and a 1 MiB body takes well under
+# 30 s even at 50 KB/s; a connection slower than that holds a descriptor for nothing.
+HEAD_TIMEOUT = 10.0  # seconds for a request head, from the connect or from the previous answer
+BODY_TIMEOUT = 30.0  # seconds for the body, from its head
+KEEP_ALIVE_SECONDS = 5  # an idle connection between requests (uvicorn's default, made explicit)
+# Open connections: at most a quarter of the descriptors the process may have (the rest are for
+# the upstream pool, connect_account's listeners, logs), within these bounds. With the usual soft
+# limit of 1024 that is 256; under `ulimit -n 256`, 64.
+MAX_CONNECTIONS = 256
+MIN_CONNECTIONS = 16
 _WILDCARD_BINDS = ("0.0.0.0", "::")  # noqa: S104 - names to recognise, not to bind
 
 
@@ -87,6 +108,95 @@ def _bearer(value: str | None) -> str | None:
     return credential
 
 
+def connection_cap() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, soft // 4))
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the two bounds it lacks, so that connections cannot use up the
+    process's descriptors. uvicorn 0.55 has no head timeout: its keep-alive timer starts only after
+    a first answer and any byte stops it, so a connection that sends nothing (or a byte at a time)
+    stays open for ever; and `limit_concurrency` only answers 503 to requests, leaving the
+    connections themselves open.
+
+    - A deadline per request: its head within HEAD_TIMEOUT of the connect or of the previous
+      answer, its body within BODY_TIMEOUT of the head; past it, the connection is closed.
+    - At most `max_connections` open: a new one closes the connection that has waited longest for
+      a request head (silent, slow or idle between requests), so that connections held open cannot
+      lock out a real request; only when every connection carries a request is the new one closed.
+    """
+
+    max_connections = MAX_CONNECTIONS
+    _timer: asyncio.TimerHandle | None = None
+    _waiting: Literal["head", "body"] | None = None
+    _since = 0.0
+    _refused_logged_at = -1e9
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._track()
+        self._make_room()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._set_timer(None)
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        self._track()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._track()
+
+    def _track(self) -> None:
+        """Starts the deadline of what the connection waits for next, when that changes."""
+        state = self.conn.their_state
+        waiting: Literal["head", "body"] | None = (
+            "head" if state is h11.IDLE else "body" if state is h11.SEND_BODY else None
+        )
+        if self.transport.is_closing():
+            waiting = None
+        if waiting != self._waiting:
+            self._set_timer(waiting)
+
+    def _set_timer(self, waiting: Literal["head", "body"] | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._waiting, self._since = waiting, self.loop.time()
+        if waiting is not None:
+            self._timer = self.loop.call_later(HEAD_TIMEOUT if waiting == "head" else BODY_TIMEOUT, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self.transport.is_closing():
+            logger.debug("closed a connection that sent no whole request %s in time", self._waiting)
+            self.transport.close()
+
+    def _make_room(self) -> None:
+        # Closed connections stay in the set until the loop's next turns: count only the live ones.
+        live = [c for c in self.connections if isinstance(c, BoundedH11Protocol) and not c.transport.is_closing()]
+        if len(live) <= self.max_connections:
+            return
+        oldest = min((c for c in live if c._waiting == "head" and c is not self), key=lambda c: c._since, default=None)
+        if oldest is not None:
+            oldest.transport.close()
+            return
+        self.transport.close()
+        now = self.loop.time()
+        if now - BoundedH11Protocol._refused_logged_at > 10:  # at most one line per 10 s under a flood
+            BoundedH11Protocol._refused_logged_at = now
+            logger.warning("%d connections, each with a request in flight: closing new ones", self.max_connections)
+
+    @classmethod
+    def limited_to(cls, max_connections: int) -> type[BoundedH11Protocol]:
+        return type(cls.__name__, (cls,), {"max_connections": max_connections})
+
+
 async def _respond(
     send: Send, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
@@ -107,6 +217,9 @@ class ModelGatesHttpApp:
         self._origins = list(settings.allowed_origins)
         self._token = settings.http_token.get_secret_value().encode() if settings.http_token else None
         self._health = json.dumps({"status": "ok", "version": __version__}).encode()
+        self._unhealthy = json.dumps({"status": "unavailable", "version": __version__}).encode()
+        self.serving = False  # the session manager (and through it the server's lifespan) is running
+        self.stopping: Callable[[], bool] = lambda: False  # set by serve_http: a shutdown has begun
         self.manager = StreamableHTTPSessionManager(
             server,
             stateless=True,
@@ -126,29 +239,39 @@ class ModelGatesHttpApp:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         """Runs the session manager (and through it the server's lifespan) once for the process."""
-        async with AsyncExitStack() as stack:
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    try:
-                        await stack.enter_async_context(self.manager.run())
-                    except Exception as exc:
-                        logger.exception("the MCP session manager failed to start")
-                        await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
+        try:
+            async with AsyncExitStack() as stack:
+                while True:
+                    message = await receive()
+                    if message["type"] == "lifespan.startup":
+                        try:
+                            await stack.enter_async_context(self.manager.run())
+                        except Exception as exc:
+                            logger.exception("the MCP session manager failed to start")
+                            await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
+                            return
+                        if self._oauth is not None:
+                            stack.push_async_callback(self._oauth.aclose)
+                        self.serving = True
+                        await send({"type": "lifespan.startup.complete"})
+                    elif message["type"] == "lifespan.shutdown":
+                        self.serving = False
+                        await stack.aclose()
+                        await send({"type": "lifespan.shutdown.complete"})
                         return
-                    await send({"type": "lifespan.startup.complete"})
-                    if self._oauth is not None:
-                        stack.push_async_callback(self._oauth.aclose)
-                elif message["type"] == "lifespan.shutdown":
-                    await stack.aclose()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+        finally:
+            # Also when the server's lifespan died under it: from then on nothing can be served,
+            # and /healthz says so, so that a health check takes this process out of service.
+            self.serving = False
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         if path == HEALTH_PATH:
             if method in ("GET", "HEAD"):
-                await _respond(send, 200, self._health)
+                if self.serving:
+                    await _respond(send, 200, self._health)
+                else:
+                    await _respond(send, 503, self._unhealthy)
             else:
                 await _respond(send, 405, headers=[(b"allow", b"GET, HEAD")])
             return
@@ -187,8 +310,27 @@ class ModelGatesHttpApp:
                 await _respond(send, 401, headers=[(b"www-authenticate", b"Bearer")])
                 return
             key = SecretStr(credential)
-        with caller_key_for_request(signed_in or key):  # OAuth mode has neither a token nor per-caller keys
-            await self.manager.handle_request(scope, receive, send)
+        if not self.serving:
+            await _respond(send, 503, b"The server is not serving; see its log.")
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            with caller_key_for_request(signed_in or key):  # OAuth mode has neither a token nor per-caller keys
+                await self.manager.handle_request(scope, receive, send_tracked)
+        except anyio.get_cancelled_exc_class():
+            if not self.stopping():
+                raise
+            # uvicorn cancels what still runs GRACEFUL_SECONDS into a shutdown: that is the shutdown
+            # working, not a failure, so no traceback; the caller learns what happened.
+            logger.warning("a call still running %d s into the shutdown was cancelled", GRACEFUL_SECONDS)
+            if not started:
+                await _respond(send, 503, b"The server shut down before this call finished; its outcome is unknown.")
 
     async def _signed_in_key(self, oauth: OAuthServer, headers: Headers, send: Send) -> SecretStr | None:
         """The ModelGates key sealed in the request's access token; None once a 401 is sent."""
@@ -227,9 +369,36 @@ def describe(settings: Settings, key_source: str) -> str:
     return mode + ("; bearer token required" if settings.http_token is not None else "; no token (loopback only)")
 
 
+def uvicorn_config(app: ModelGatesHttpApp, host: str, port: int, cap: int) -> uvicorn.Config:
+    """uvicorn's settings: the transport's limits, with at most `cap` connections open."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        ws="none",
+        log_config=None,  # uvicorn's records go through the project's redacting handler
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        http=BoundedH11Protocol.limited_to(cap),
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # uvicorn counts open connections (closed ones too, for a turn of the loop) and requests in
+        # flight against this; live connections stay within `cap`, so what it bounds is requests in
+        # flight (also those whose caller left): past it, a request gets 503. h11 keeps uvicorn's
+        # 16 KiB cap on a request head.
+        limit_concurrency=2 * cap,
+        # asyncio accepts up to `backlog` connections at a time, and they take a few turns of the
+        # loop to reach the protocol (and be closed by it), so under a flood the descriptors in use
+        # briefly go past the cap by up to about three backlogs, and an EMFILE there stalls every
+        # accept for a second. With a quarter of the cap, 3000 connections in a row peaked at 110
+        # of 256 descriptors and 373 of 1024; connections past the short queue wait for TCP's retry.
+        backlog=max(16, cap // 4),
+    )
+
+
 def serve_http(settings: Settings, key_source: str) -> int:
     """Serve until SIGTERM/SIGINT; then in-flight calls get GRACEFUL_SECONDS to finish, and exit 0."""
-    server = build_server(settings)  # connect_account where server.offers_connect says
+    mcp_server = build_server(settings)  # connect_account where server.offers_connect says
     oauth: OAuthServer | None = None
     if settings.oauth:
         from mcp_modelgates.client import ModelGatesClient
@@ -237,28 +406,23 @@ def serve_http(settings: Settings, key_source: str) -> int:
 
         oauth = OAuthServer(settings, ModelGatesClient(settings, f"{SERVER_NAME}/{__version__}"))
         logging.getLogger("uvicorn.access").addFilter(_QueryOmitted(oauth.paths))
-    app = ModelGatesHttpApp(settings, server, oauth)
+    app = ModelGatesHttpApp(settings, mcp_server, oauth)
     if settings.log_level != "DEBUG":
         # The SDK logs "Terminating session: None" at INFO for every stateless request.
         logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)
-    config = uvicorn.Config(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        lifespan="on",
-        ws="none",
-        log_config=None,  # uvicorn's records go through the project's redacting handler
-        server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SECONDS,
-    )
+    cap = connection_cap()
+    server = uvicorn.Server(uvicorn_config(app, settings.http_host, settings.http_port, cap))
+    app.stopping = lambda: server.should_exit
     logger.info(
-        "mcp-modelgates %s serving streamable HTTP on http://%s:%d%s; API %s; %s; Host allowed: %s",
+        "mcp-modelgates %s serving streamable HTTP on http://%s:%d%s; API %s; %s; at most %d connections; "
+        "Host allowed: %s",
         __version__,
         _bracketed(settings.http_host),
         settings.http_port,
         MCP_PATH,
         settings.base_url,
         describe(settings, key_source),
+        cap,
         ", ".join(app.manager.security_settings.allowed_hosts if app.manager.security_settings else []),
     )
     if settings.http_host in _WILDCARD_BINDS and not settings.allowed_hosts:
@@ -267,5 +431,5 @@ def serve_http(settings: Settings, key_source: str) -> int:
     # handler that would end the process with -15 instead of 0. Ctrl-C re-raises as KeyboardInterrupt.
     signal.signal(signal.SIGTERM, lambda *_: None)
     with suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run()
+        server.run()
     return 0

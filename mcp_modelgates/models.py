@@ -194,10 +194,11 @@ class CreateAuthCodeRequest(RequestModel):
     ) = MISSING
     expires_at: (
         Annotated[
-            str | None,
+            # `format` beside `type: string`, not beside `anyOf`: strict validators (Ajv's strict
+            # mode, as in Gemini CLI) warn about a `format` with no type next to it.
+            Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None,
             Field(
                 pattern=DATETIME_PATTERN,
-                json_schema_extra={"format": "date-time"},
                 description=(
                     "When the created API key expires: an RFC 3339 date-time in the future with seconds "
                     "and an offset, e.g. 2027-12-31T23:59:59Z (minute precision is rejected). null: no expiry."

@@ -53,7 +53,8 @@ class Reply:
     """A scripted answer. `action` other than "respond": "reset" (close without answering),
     "truncate" (promise more body than is sent, then close), "reset_mid_body" (send half of the
     body, then reset the connection), "stream" (send `stream_bytes` of body in chunks; with
-    `chunked`, without a Content-Length, so that only the reader can enforce a size cap)."""
+    `chunked`, without a Content-Length, so that only the reader can enforce a size cap).
+    "respond" with `chunked` sends `body` in chunks of 64 KiB without a Content-Length."""
 
     status: int = 200
     json: Any = None
@@ -318,6 +319,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
             self.wfile.flush()
             self.close_connection = True
+            return
+        if reply.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for start in range(0, len(body), 65536):
+                    piece = body[start : start + 65536]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                self.close_connection = True  # the client stopped reading, as it may
             return
         if not any(k.lower() == "content-length" for k in reply.headers):  # a test may claim another length
             self.send_header("Content-Length", str(len(body)))

@@ -28,4 +28,6 @@ def test_benchmark_runs_in_quick_mode_and_prints_its_table() -> None:
     http_rows = rows[rows.index("| over HTTP | mcp-modelgates | minimal HTTP forwarder | ratio | budget |") :]
     for metric in ("sequential call p50", "in flight: calls/s", "two processes, round-robin", "calls/s, median of"):
         assert any(metric in row for row in http_rows), metric
+    burst_rows = [row for row in rows if row.startswith("| one caller's burst") or "refused at once" in row]
+    assert len(burst_rows) == 2 and any(row.startswith("| succeeded |") and "B >= 90%" in row for row in rows)
     assert "Budget " in out.stdout

@@ -9,12 +9,16 @@ notifications), not in the logs.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import select
 import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -807,3 +811,145 @@ async def test_the_number_of_open_flows_is_capped(fake: FakeModelGates, ws_setti
         refused = seen.add(await client.call_tool("connect_account", {}))
         assert listening_sockets() == before
     assert refused["isError"] is True and "already waiting for approval" in refused["content"][0]["text"]
+
+
+async def test_concurrent_calls_cannot_open_more_listeners_than_the_cap(
+    fake: FakeModelGates, ws_settings: Settings
+) -> None:
+    """The slot is taken before the first await: 200 calls at once leave MAX_PENDING listeners."""
+    seen = Seen()
+    before = set(listening_sockets())
+    results: list[dict[str, Any]] = []
+    async with session(ws_settings, "legacy", seen) as client:
+
+        async def one() -> None:
+            results.append(seen.add(await client.call_tool("connect_account", {})))
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for _ in range(200):
+                    tg.start_soon(one)
+        opened = set(listening_sockets()) - before
+        waiting = [r for r in results if not r["isError"]]
+        refused = [r for r in results if r["isError"]]
+    assert len(results) == 200
+    assert len(waiting) == flows.MAX_PENDING and len(opened) == flows.MAX_PENDING
+    assert {port_of(r["structuredContent"]["authorization_url"]) for r in waiting} == opened
+    assert all("already waiting for approval" in r["content"][0]["text"] for r in refused)
+    assert not any(is_listening(port) for port in opened)  # the session's end closed them all
+
+
+async def test_idle_local_connections_cannot_lock_the_browser_out(fake: FakeModelGates, ws_settings: Settings) -> None:
+    """Someone keeps more silent connections open than the listener has slots, reopening each one
+    it closes; the browser's redirect (and a reload) still gets through: the oldest silent one goes."""
+    seen = Seen()
+    async with session(ws_settings, "legacy", seen) as client:
+        waiting = seen.add(await client.call_tool("connect_account", {"timeout": 60}))["structuredContent"]
+        port = port_of(waiting["authorization_url"])
+        stop, filled = threading.Event(), threading.Event()
+        opened = 0
+
+        def hold_the_slots() -> None:  # bounded: until stop, at most 30 s
+            nonlocal opened
+            held: list[socket.socket] = []
+            deadline = time.monotonic() + 30
+            try:
+                while not stop.is_set() and time.monotonic() < deadline:
+                    for sock in [s for s in held if select.select([s], [], [], 0)[0]]:  # closed by the listener
+                        held.remove(sock)
+                        sock.close()
+                    while len(held) < 2 * flows.MAX_CONNECTIONS:
+                        held.append(socket.create_connection(("127.0.0.1", port)))
+                        opened += 1
+                    filled.set()
+                    time.sleep(0.02)
+            finally:
+                for sock in held:
+                    sock.close()
+
+        holder = threading.Thread(target=hold_the_slots)
+        holder.start()
+        try:
+            assert await anyio.to_thread.run_sync(filled.wait, 30)
+            async with httpx.AsyncClient(trust_env=False, timeout=30) as stranger:  # every slot is taken now
+                assert (await stranger.get(f"http://127.0.0.1:{port}/")).status_code == 404
+            page = await browse(waiting["authorization_url"])
+        finally:
+            stop.set()
+            await anyio.to_thread.run_sync(holder.join)
+        assert opened > 2 * flows.MAX_CONNECTIONS  # the listener did close some of them meanwhile
+        done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
+    assert page.status_code == 200 and "Connected" in page.text
+    assert done["structuredContent"]["status"] == "connected"
+
+
+async def test_a_silent_connection_is_dropped_sooner_than_one_sending_its_head(
+    fake: FakeModelGates, ws_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flows, "SILENT_TIMEOUT", 0.3)
+    monkeypatch.setattr(flows, "READ_TIMEOUT", 30.0)
+    seen = Seen()
+    async with session(ws_settings, "legacy", seen) as client:
+        waiting = seen.add(await client.call_tool("connect_account", {}))["structuredContent"]
+        callback = urlsplit(callback_of(waiting["authorization_url"]))
+        slow = socket.create_connection(("127.0.0.1", port_of(waiting["authorization_url"])))
+        silent = socket.create_connection(("127.0.0.1", port_of(waiting["authorization_url"])))
+        try:
+            slow.sendall(f"GET {callback.path}?code=".encode())  # a head that has begun
+            silent.settimeout(10)
+            assert await anyio.to_thread.run_sync(silent.recv, 100) == b""  # closed, unanswered
+            slow.settimeout(1)
+            with pytest.raises(TimeoutError):  # still open: it is given the whole head's time
+                await anyio.to_thread.run_sync(slow.recv, 100)
+            slow.sendall(b"x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # a code that the stand-in does not know
+            slow.settimeout(30)
+            answer = b""
+            while chunk := await anyio.to_thread.run_sync(slow.recv, 65536):
+                answer += chunk
+        finally:
+            slow.close()
+            silent.close()
+        done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
+    head = answer.split(b"\r\n\r\n", 1)[0].decode().lower()
+    assert head.startswith("http/1.1 200 ok") and "not connected" in answer.decode().lower()
+    for header in ("cache-control: no-store", "x-content-type-options: nosniff", "referrer-policy: no-referrer"):
+        assert header in head
+    assert "content-security-policy: default-src 'none'" in head
+    assert done["structuredContent"]["status"] == "failed"
+
+
+async def test_malformed_requests_get_400_and_the_flow_goes_on(fake: FakeModelGates, ws_settings: Settings) -> None:
+    seen = Seen()
+    async with session(ws_settings, "legacy", seen) as client:
+        waiting = seen.add(await client.call_tool("connect_account", {"timeout": 60}))["structuredContent"]
+        port = port_of(waiting["authorization_url"])
+        path = urlsplit(callback_of(waiting["authorization_url"])).path
+        for raw in (b"NOT HTTP AT ALL\r\n\r\n", f"GET {path}?code=x HTTP/1.1\r\n\r\n".encode()):  # no Host
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(raw)
+                sock.settimeout(10)
+                answer = await anyio.to_thread.run_sync(sock.recv, 65536)
+            assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[:40]
+        page = await browse(waiting["authorization_url"])
+        done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
+    assert "Connected" in page.text and done["structuredContent"]["status"] == "connected"
+    assert [r.method for r in fake.requests] == ["GET", "POST"]
+
+
+async def test_no_descriptor_for_a_listener_fails_that_call_only(
+    fake: FakeModelGates, ws_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = anyio.create_tcp_listener
+
+    async def out_of_descriptors(**_: Any) -> Any:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    seen = Seen()
+    async with session(ws_settings, "legacy", seen) as client:
+        monkeypatch.setattr(flows.anyio, "create_tcp_listener", out_of_descriptors)
+        failed = seen.add(await client.call_tool("connect_account", {}))
+        monkeypatch.setattr(flows.anyio, "create_tcp_listener", real)
+        started = [seen.add(await client.call_tool("connect_account", {})) for _ in range(flows.MAX_PENDING)]
+    assert failed["isError"] is True
+    assert "Could not open a listener on 127.0.0.1 (EMFILE)" in failed["content"][0]["text"]
+    assert [s["structuredContent"]["status"] for s in started] == ["waiting_for_approval"] * flows.MAX_PENDING

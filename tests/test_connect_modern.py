@@ -277,6 +277,27 @@ async def test_elicitation_only_uses_the_working_directory_and_one_call(
     assert stored_key(Path(cwd) / ".env")
 
 
+async def test_a_client_known_to_fail_input_required_gets_the_link_instead(
+    fake: FakeModelGates, settings: Settings, elsewhere: Path
+) -> None:
+    """GitHub Copilot CLI 1.0.102 declares URL elicitation in this era but fails a call answered
+    with input_required; by its client name it gets the link and the flow_id, and nothing is asked."""
+    user = User()
+    seen = Seen()
+    copilot = types.Implementation(name="copilot-cli", version="1.0.102")
+    server = build_server(settings, backoff_base=0.01)
+    async with Client(server, mode=MODERN, client_info=copilot, **user.callbacks()) as client:  # type: ignore[arg-type]
+        answer = await manual(client, {"timeout": 30})
+        assert isinstance(answer, types.CallToolResult), answer
+        waiting = seen.add(answer)["structuredContent"]
+        assert waiting["status"] == "waiting_for_approval" and waiting["flow_id"], waiting
+        page = await browse(waiting["authorization_url"])
+        done = seen.add(await client.call_tool("connect_account", {"flow_id": waiting["flow_id"]}))
+    assert user.asked == []
+    assert "Connected" in page.text and done["structuredContent"]["status"] == "connected"
+    assert stored_key(Path(await anyio.Path(elsewhere).resolve()) / ".env")
+
+
 async def test_a_configured_workspace_is_used_without_asking_for_roots(
     fake: FakeModelGates, settings: Settings, project: Path, tmp_path: Path
 ) -> None:

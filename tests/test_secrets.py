@@ -2,7 +2,8 @@
 
 Every test in the suite already runs at DEBUG with a hook in tests/conftest.py that fails it if
 the configured key shows up in its captured logs, stdout or stderr. The tests here add the
-hostile cases: an upstream that echoes the Authorization header back, cut or disguised; the key
+hostile cases: an upstream that echoes the Authorization header back, cut or disguised (percent-
+encoded, `\\u`-escaped, invisible characters inside: nothing a reader could decode back); the key
 split by the excerpt cut on every path that quotes upstream text; the flow's own secrets (code,
 verifier, challenge), which must never be logged; and a real stdio subprocess at DEBUG driven
 through many error scenarios.
@@ -14,7 +15,9 @@ import dataclasses
 import io
 import json
 import logging
+import re
 import secrets
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,6 +167,101 @@ async def test_a_key_split_by_the_excerpt_cut_leaves_no_piece_behind(
     logged = [r.getMessage() for r in caplog.records] + [r.exc_text or "" for r in caplog.records]
     assert any(text in line for line in logged), "the failure was not logged, so the log check proves nothing"
     _assert_no_key(text, json.dumps(result.structured_content), caplog.text, *logged)
+
+
+# ---------------------------------------------------------------- the key disguised
+
+# An upstream may echo the key encoded or with characters inside that no reader sees: each form,
+# alone and mixed, must be masked wherever upstream text is quoted, and nothing a reader could
+# decode back may survive.
+
+
+def _percent(text: str, hexdigits: str = "%02X") -> str:
+    return "".join("%" + format(b, hexdigits[1:]) for b in text.encode())
+
+
+DISGUISES = {
+    "percent-encoded": _percent,
+    "percent-encoded-lower-case": lambda key: _percent(key, "%02x"),
+    "percent-encoded-dashes": lambda key: key.replace("-", "%2D"),
+    "percent-encoded-twice": lambda key: key.replace("-", "%252D"),
+    "u-escaped-dashes": lambda key: key.replace("-", "\\u002d"),  # `sk\u002dtest...`, unparsed JSON
+    "u-escaped-all-upper-case": lambda key: "".join(f"\\u{ord(ch):04X}" for ch in key),
+    "u-escaped-in-a-repr": lambda key: key.replace("-", "\\\\u002d"),
+    "zero-width-spaces": lambda key: "\u200b".join(key),
+    "joiners-bom-and-soft-hyphens": lambda key: "".join(ch + "\u2060\ufeff\u00ad"[i % 3] for i, ch in enumerate(key)),
+    "bidi-controls-and-nul": lambda key: key[:5] + "\u202e\u202c" + key[5:12] + "\x00" + key[12:],
+    "percent-encoded-zero-width": lambda key: "%E2%80%8B".join(key),
+    "all-mixed": lambda key: key[:2] + "%2D" + key[3:7] + "\u200b" + "\\u002D" + key[8:15] + _percent(key[15:]),
+}
+
+
+def _reveal(text: str) -> str:
+    """Text as a determined reader would decode it: escapes (and escapes of escapes) decoded, every
+    invisible or non-ASCII character dropped."""
+    for _ in range(3):
+        text = re.sub(r"\\+u([0-9A-Fa-f]{4})", lambda m: chr(int(m[1], 16)), text)
+        text = urllib.parse.unquote(text, errors="replace")
+    return "".join(ch for ch in text if " " <= ch <= "~")
+
+
+def _assert_not_even_disguised(*texts: str) -> None:
+    _assert_no_key(*texts)
+    _assert_no_key(*map(_reveal, texts))
+
+
+def _disguised_echo(disguise: str, where: str) -> Any:
+    hide = DISGUISES[disguise]
+
+    def handler(rec: Recorded) -> Reply:
+        key = hide(rec.headers.get("authorization", "").removeprefix("Bearer "))
+        if where == "error-message":  # the documented error shape, as raw JSON text
+            return Reply(401, body=f'{{"error": {{"code": 401, "message": "bad key {key}"}}}}'.encode())
+        if where == "unexpected-body":
+            return Reply(502, body=f"<pre>upstream rejected Authorization: Bearer {key}</pre>".encode())
+        if where == "key-as-the-code":
+            return Reply(200, {"data": {**AUTH_CODE, "id": key}})
+        return Reply(302, headers={"Location": f"https://{key}.evil.example/?k={key}"})  # redirect-location
+
+    return handler
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("disguise", "where"),
+    [
+        (disguise, where)
+        for disguise, hide in DISGUISES.items()
+        for where in ("error-message", "unexpected-body", "key-as-the-code", "redirect-location")
+        if where != "redirect-location" or hide(API_KEY).isascii()  # a header value is Latin-1 at most
+    ],
+)
+@pytest.mark.usefixtures("production_log_filter")
+async def test_a_disguised_echo_of_the_key_is_masked_in_results_and_logs(
+    fake: FakeModelGates, connect: ClientFactory, caplog: pytest.LogCaptureFixture, disguise: str, where: str
+) -> None:
+    fake.handler = _disguised_echo(disguise, where)
+    async with connect(max_retries=0) as client:
+        results = [await client.call_tool(*CREATE), await client.call_tool(*EXCHANGE)]
+    assert DISGUISES[disguise](API_KEY) != API_KEY and _reveal(DISGUISES[disguise](API_KEY)) == API_KEY
+    for result in results:
+        text, structured = _text(result), json.dumps(result.structured_content)
+        _assert_not_even_disguised(text, structured)
+    if where in ("error-message", "unexpected-body"):
+        assert "***" in _text(results[0])  # the echo is still visible as such, only masked
+    logged = [r.getMessage() for r in caplog.records]
+    _assert_not_even_disguised(caplog.text, *logged)
+
+
+def test_masking_keeps_what_surrounds_a_disguised_key_and_leaves_other_text_alone() -> None:
+    settings = Settings(api_key=SecretStr(API_KEY))
+    dashes = API_KEY.replace("-", "%2D")
+    assert settings.redact(f"see https://x.example/?k={dashes}&next=%2Fhome now") == (
+        "see https://x.example/?k=***&next=%2Fhome now"
+    )
+    assert settings.redact("sk\\u002d" + API_KEY[3:] + "\u200b!") == "***\u200b!"
+    untouched = "100% of https://a.example/?q=%41%42 \\n \u200b caf\u00e9 \x00 sk-test-key"
+    assert settings.redact(untouched) == untouched
 
 
 # ---------------------------------------------------------------- the flow's own secrets
@@ -316,6 +414,10 @@ def test_stdio_at_debug_through_many_failures_never_logs_a_key_and_stdout_stays_
         (("generate_pkce", {"callback_url": "http://localhost:3000/cb"}), None),
         # the key split by the excerpt cut, on every path that quotes upstream text
         *((call, reply) for reply in SPLIT_REPLIES.values() for call in (CREATE, EXCHANGE)),
+        # the key disguised, in a body and in a header that httpcore logs at DEBUG
+        (CREATE, Reply(401, body=f'{{"error": {{"message": "bad {DISGUISES["all-mixed"](API_KEY)}"}}}}'.encode())),
+        (CREATE, Reply(502, body=f"echo {DISGUISES['zero-width-spaces'](API_KEY)}".encode())),
+        (CREATE, Reply(302, body=b"", headers={"Location": f"https://x.example/?k={_percent(API_KEY)}"})),
     ]
     for (name, _), reply in scenarios:
         if reply is not None:
@@ -344,7 +446,7 @@ def test_stdio_at_debug_through_many_failures_never_logs_a_key_and_stdout_stays_
     assert all(m.get("jsonrpc") == "2.0" for m in messages)
     err = stderr.decode("utf-8", "replace")
     out = b"".join(stdout).decode()
-    _assert_no_key(err, out)
+    _assert_not_even_disguised(err, out)
     assert new_key not in err and "sk-mg-v1-" not in err  # the exchanged key is never logged...
     assert out.count(new_key) >= 1  # ...but does reach the client in its result
     assert "DEBUG" in err and "httpcore" in err  # the debug level really was on

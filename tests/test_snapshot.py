@@ -34,3 +34,22 @@ async def test_tool_definitions_match_the_snapshot(connect: ClientFactory) -> No
     assert current == SNAPSHOT.read_text(), "tool schemas changed: review, then UPDATE_SNAPSHOTS=1 to accept"
     for tool in tools:
         assert set(tool) == set(KEYS), f"{tool['name']} lacks part of its wire definition"
+
+
+def _schemas_with(keyword: str, node: object) -> list[dict[str, object]]:
+    if isinstance(node, dict):
+        found = [node] if keyword in node else []
+        return found + [s for value in node.values() for s in _schemas_with(keyword, value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _schemas_with(keyword, value)]
+    return []
+
+
+def test_every_format_stands_beside_its_type() -> None:
+    """Strict JSON Schema validators (Ajv in strict mode, as Gemini CLI runs it) warn about a
+    `format` with no `type` in the same schema, e.g. one placed beside an `anyOf`."""
+    tools = json.loads(SNAPSHOT.read_text())
+    formats = _schemas_with("format", [[t["inputSchema"], t["outputSchema"]] for t in tools])
+    assert formats, "the snapshot has no format keyword: this test checks nothing"
+    for schema in formats:
+        assert schema.get("type") == "string", schema

@@ -544,8 +544,10 @@ def test_copilot_over_http_with_the_readme_line(
     assert_create_reached(fresh_api)
 
 
-# Copilot CLI speaks 2026-07-28, where connect_account answers with the link and a flow_id until the
-# one-call path of that era is in; then set this to True: the first call must end "connected".
+# Copilot CLI 1.0.102 speaks 2026-07-28 and declares URL elicitation, but fails a tools/call answered
+# with input_required ("expected CallToolResult from tools/call"), so the server gives it the link and
+# a flow_id by its client name (account.NO_INPUT_REQUIRED_CLIENTS). A Copilot version that answers
+# input_required can take the one-call path: drop it from that set and set this to True.
 COPILOT_CONNECT_IN_ONE_CALL = False
 
 
