@@ -1,7 +1,10 @@
 # mcp-modelgates as a hosted streamable HTTP server (see README, "Run it as a hosted server").
 #   docker build -t mcp-modelgates .
+#   docker run -p 8000:8000 -e MODELGATES_AUTH=oauth -e MODELGATES_PUBLIC_URL=https://mcp.example.com \
+#     -e MODELGATES_OAUTH_SECRET mcp-modelgates          (sign-in; every replica gets the same secret)
 #   docker run -p 8000:8000 -e MODELGATES_KEY_FROM_CLIENT=1 mcp-modelgates
-# Settings come from the environment (MODELGATES_*); the key and the token are never baked in.
+# Settings come from the environment (MODELGATES_*, and for sign-in MODELGATES_OAUTH_ACCESS_TTL and
+# MODELGATES_OAUTH_REFRESH_TTL); the key, the token and the OAuth secret are never baked in.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -22,7 +25,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('MODELGATES_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
 
-# 0.0.0.0 inside the container only: the start-up check still demands MODELGATES_HTTP_TOKEN or
-# MODELGATES_KEY_FROM_CLIENT=1. SIGTERM (docker stop) lets in-flight calls finish, then exits 0.
+# 0.0.0.0 inside the container only: the start-up check still demands MODELGATES_AUTH=oauth,
+# MODELGATES_HTTP_TOKEN or MODELGATES_KEY_FROM_CLIENT=1. SIGTERM (docker stop) lets in-flight calls finish, then exits 0.
 # The port is MODELGATES_PORT (default 8000).
 ENTRYPOINT ["mcp-modelgates", "--transport", "http", "--host", "0.0.0.0"]

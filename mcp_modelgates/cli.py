@@ -86,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mcp-modelgates: {exc}", file=sys.stderr)
         return 2
-    source = "from each caller's Authorization header"
-    if not settings.key_from_client:  # a stored key would make a shared key beside the callers' own
+    source = "from each caller's Authorization header" if settings.key_from_client else "from each user's sign-in"
+    if not settings.keys_per_request:  # a stored key would make a shared key beside the callers' own
         settings, source = keystore.with_stored_key(settings)
     configure_logging(settings)  # after the key is known, so that the log masks it
     if settings.transport == "http":

@@ -76,6 +76,10 @@ _HINTS: Mapping[tuple[str, int], str] = {
     ),
     ("/auth/keys", 404): "The code is unknown. " + RESTART,
 }
+SIGN_IN_AGAIN = (
+    "Sign in to this server again (in Claude Code: /mcp, then Authenticate); that creates a new ModelGates key."
+)
+_SIGNED_OUT = "ModelGates refused the key your sign-in created (revoked or deleted there?). " + SIGN_IN_AGAIN
 _MAYBE_CONSUMED = "The request may have reached ModelGates, so the code may already be used. " + RESTART
 
 
@@ -299,9 +303,12 @@ class ModelGatesClient:
 
     async def call(self, op: Operation, request: RequestModel) -> ResponseModel:
         settings = self._settings
-        # Per-caller key mode (HTTP): the key the caller sent with this request, for this call only.
-        key = caller_key() if settings.key_from_client else None
+        # Per-caller key mode and OAuth mode (HTTP): the key that came with this request (sent by the
+        # caller, or sealed in their access token), for this call only.
+        key = caller_key() if settings.keys_per_request else None
         if op.requires_key and settings.api_key is None and key is None:
+            if settings.oauth:
+                raise ApiError("No signed-in ModelGates key came with this request. " + SIGN_IN_AGAIN)
             if settings.key_from_client:
                 raise ApiError(
                     "No ModelGates API key came with this request: creating an authorization code needs one. "
@@ -468,7 +475,9 @@ class ModelGatesClient:
         else:
             text = f"ModelGates answered HTTP {_reason(status)} with an empty body."
         hint = _HINTS.get((op.path, status))
-        if hint is not None and self._settings.key_from_client:  # the key came with the request, not the server
+        if hint is not None and self._settings.oauth:  # the key is the one the user's sign-in created
+            hint = _SIGNED_OUT if status == 401 else hint.replace("MODELGATES_API_KEY", "your sign-in")
+        elif hint is not None and self._settings.key_from_client:  # the key came with the request, not the server
             hint = hint.replace("MODELGATES_API_KEY", "the key in your Authorization header")
         if hint is None and status == 409:
             hint = "A conflicting request is in progress; try again in a moment."

@@ -32,6 +32,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TRANSPORTS = ("stdio", "http")
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8000
+DEFAULT_OAUTH_ACCESS_TTL = 3600
+DEFAULT_OAUTH_REFRESH_TTL = 30 * 24 * 3600
 
 # A header value must be visible ASCII; anything else would be refused by httpx mid-call.
 HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
@@ -58,6 +60,18 @@ class Settings:
     key_from_client: bool = False
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    # MODELGATES_AUTH=oauth: the HTTP transport is its own authorization server (mcp_modelgates.oauth)
+    oauth: bool = False
+    public_url: str = ""  # the origin clients reach: the issuer; the resource is this + /mcp
+    oauth_secrets: tuple[SecretStr, ...] = ()  # the first seals, every one opens
+    oauth_access_ttl: int = DEFAULT_OAUTH_ACCESS_TTL
+    oauth_refresh_ttl: int = DEFAULT_OAUTH_REFRESH_TTL
+
+    @property
+    def keys_per_request(self) -> bool:
+        """Each request brings its own ModelGates key (per-caller mode, or the signed-in user's in
+        OAuth mode): the server has none of its own, and a stored one must never become shared."""
+        return self.key_from_client or self.oauth
 
     @property
     def host(self) -> str:
@@ -72,13 +86,14 @@ class Settings:
         return raw if raw.startswith("Bearer ") else f"Bearer {raw}"
 
     def redact(self, text: str) -> str:
-        """Mask every occurrence of the configured key, the HTTP token and the key of the request
-        being served (an upstream may echo any of them back), also percent-encoded, `\\u`-escaped
-        or with invisible characters inside, in any mix.
+        """Mask every occurrence of the configured key, the HTTP token, the OAuth secrets and the key
+        of the request being served (an upstream may echo any of them back), also percent-encoded,
+        `\\u`-escaped or with invisible characters inside, in any mix.
 
         The plain forms are derived here on each call rather than kept in a field, so that
         `dataclasses.asdict(settings)` or `vars(settings)` cannot reveal them."""
-        raws = [s.get_secret_value() for s in (self.api_key, self.http_token, _caller_key.get()) if s is not None]
+        held = (self.api_key, self.http_token, _caller_key.get(), *self.oauth_secrets)
+        raws = [s.get_secret_value() for s in held if s is not None]
         for raw in raws:
             for plain in sorted({raw, raw.removeprefix("Bearer ").strip()}, key=len, reverse=True):
                 if plain:
@@ -172,7 +187,8 @@ def _mask_run(word: str, secrets: set[str]) -> str:
     return "".join([*out, word[last:]])
 
 
-# The key a caller of the HTTP transport sent with the request being served.
+# The key a caller of the HTTP transport sent with the request being served (in OAuth mode: the
+# key sealed in the request's access token, the signed-in user's).
 # Set by the HTTP layer for one request only (a contextvar: concurrent requests never see each
 # other's), read by the client for that request's calls and by `Settings.redact`. Never stored.
 _caller_key: contextvars.ContextVar[SecretStr | None] = contextvars.ContextVar("caller_key", default=None)
@@ -300,7 +316,9 @@ def build_parser(version: str) -> argparse.ArgumentParser:
             "MODELGATES_CONNECT_TIMEOUT, MODELGATES_MAX_RETRIES, MODELGATES_LOG_LEVEL, MODELGATES_WORKSPACE; for "
             "--transport http also MODELGATES_TRANSPORT, MODELGATES_HOST, MODELGATES_PORT, "
             "MODELGATES_HTTP_TOKEN, MODELGATES_KEY_FROM_CLIENT, MODELGATES_ALLOWED_HOSTS, "
-            "MODELGATES_ALLOWED_ORIGINS. Flags override the environment."
+            "MODELGATES_ALLOWED_ORIGINS; for OAuth sign-in (MODELGATES_AUTH=oauth) MODELGATES_PUBLIC_URL, "
+            "MODELGATES_OAUTH_SECRET, MODELGATES_OAUTH_ACCESS_TTL, MODELGATES_OAUTH_REFRESH_TTL. "
+            "Flags override the environment."
         ),
     )
     parser.add_argument("--version", action="version", version=f"mcp-modelgates {version}")
@@ -343,7 +361,7 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--host",
         help=f"address to listen on with --transport http (env MODELGATES_HOST, default {DEFAULT_HTTP_HOST}); "
-        "a non-loopback address needs MODELGATES_HTTP_TOKEN or MODELGATES_KEY_FROM_CLIENT=1",
+        "a non-loopback address needs MODELGATES_HTTP_TOKEN, MODELGATES_KEY_FROM_CLIENT=1 or MODELGATES_AUTH=oauth",
     )
     parser.add_argument(
         "--port", help=f"port to listen on with --transport http (env MODELGATES_PORT, default {DEFAULT_HTTP_PORT})"
@@ -454,12 +472,15 @@ def _http_settings(
         )
     if key_from_client and transport != "http":
         raise ConfigError("MODELGATES_KEY_FROM_CLIENT=1 needs --transport http (MODELGATES_TRANSPORT)")
-    if transport == "http" and not is_loopback(host) and token is None and not key_from_client:
+    oauth = _oauth_settings(environ, transport, has_api_key=has_api_key, token=token, key_from_client=key_from_client)
+    if transport == "http" and not is_loopback(host) and token is None and not key_from_client and not oauth:
         raise ConfigError(
-            f"{h_name} {host} is not a loopback address: set MODELGATES_HTTP_TOKEN (shared key) or "
-            "MODELGATES_KEY_FROM_CLIENT=1 (each caller's own key), so that not just anyone can use it"
+            f"{h_name} {host} is not a loopback address: set MODELGATES_HTTP_TOKEN (shared key), "
+            "MODELGATES_KEY_FROM_CLIENT=1 (each caller's own key) or MODELGATES_AUTH=oauth (sign-in), "
+            "so that not just anyone can use it"
         )
     return {
+        **oauth,
         "transport": transport,
         "http_host": host,
         "http_port": _port(port, p_name) if port is not None else DEFAULT_HTTP_PORT,
@@ -467,4 +488,100 @@ def _http_settings(
         "key_from_client": key_from_client,
         "allowed_hosts": _listed(environ.get("MODELGATES_ALLOWED_HOSTS"), "MODELGATES_ALLOWED_HOSTS", _HOST),
         "allowed_origins": _listed(environ.get("MODELGATES_ALLOWED_ORIGINS"), "MODELGATES_ALLOWED_ORIGINS", _ORIGIN),
+    }
+
+
+# ---------------------------------------------------------------- OAuth sign-in (MODELGATES_AUTH=oauth)
+
+OAUTH_SETTINGS = (
+    "MODELGATES_PUBLIC_URL",
+    "MODELGATES_OAUTH_SECRET",
+    "MODELGATES_OAUTH_ACCESS_TTL",
+    "MODELGATES_OAUTH_REFRESH_TTL",
+)
+MIN_SECRET_CHARS = 32
+
+
+def check_public_url(value: str, setting: str = "MODELGATES_PUBLIC_URL") -> str:
+    """An origin: https (http only for a loopback host), without user info, path, query or fragment.
+
+    It becomes the issuer, which clients compare as a plain string, so it is kept in the one form
+    URL parsers render it in: lower case, no default port, no trailing slash."""
+    url = check_base_url(value, setting)
+    parts = urlsplit(url)
+    if parts.path:
+        raise ConfigError(f"{setting} must be an origin without a path (e.g. https://mcp.example.com), got {value!r}")
+    scheme, netloc = parts.scheme.lower(), parts.netloc.lower()
+    default = ":443" if scheme == "https" else ":80"
+    return f"{scheme}://{netloc.removesuffix(default)}"
+
+
+def _oauth_secrets(value: str | None) -> tuple[SecretStr, ...]:
+    items = [item.strip() for item in (value or "").split(",")]
+    if not any(items):
+        raise ConfigError("MODELGATES_OAUTH_SECRET is required with MODELGATES_AUTH=oauth (at least 32 characters)")
+    if not all(HEADER_SAFE.fullmatch(item) and len(item) >= MIN_SECRET_CHARS for item in items):
+        # Never echo the value, not even in part.
+        raise ConfigError(
+            f"MODELGATES_OAUTH_SECRET must be comma-separated secrets of at least {MIN_SECRET_CHARS} visible "
+            "ASCII characters each, without spaces"
+        )
+    return tuple(SecretStr(item) for item in items)
+
+
+def _whole_seconds(value: str | None, setting: str, default: int) -> int:
+    if value is None or not value.strip():
+        return default
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{setting} must be a whole number of seconds, at least 1, got {value!r}")
+    return int(text)
+
+
+def _oauth_settings(
+    environ: Mapping[str, str], transport: str, *, has_api_key: bool, token: SecretStr | None, key_from_client: bool
+) -> dict[str, Any]:
+    """The OAuth mode's settings; each other key mode, and OAuth settings without it, are refused."""
+    mode = (environ.get("MODELGATES_AUTH") or "").strip().lower()
+    if mode not in ("", "oauth"):
+        raise ConfigError(f"MODELGATES_AUTH must be oauth (or unset), got {mode!r}")
+    if not mode:
+        stray = [name for name in OAUTH_SETTINGS if (environ.get(name) or "").strip()]
+        if stray:
+            raise ConfigError(
+                f"{stray[0]} is set but MODELGATES_AUTH is not oauth: set MODELGATES_AUTH=oauth or unset it"
+            )
+        return {}
+    others = [
+        name
+        for name, present in (
+            ("MODELGATES_API_KEY", has_api_key),
+            ("MODELGATES_HTTP_TOKEN", token is not None),
+            ("MODELGATES_KEY_FROM_CLIENT", key_from_client),
+        )
+        if present
+    ]
+    if others:
+        raise ConfigError(
+            f"MODELGATES_AUTH=oauth and {' and '.join(others)} are set: with sign-in each user's calls use "
+            "the key their sign-in created; unset " + ("it" if len(others) == 1 else "them")
+        )
+    if transport != "http":
+        raise ConfigError("MODELGATES_AUTH=oauth needs --transport http (MODELGATES_TRANSPORT)")
+    public = environ.get("MODELGATES_PUBLIC_URL")
+    if public is None or not public.strip():
+        raise ConfigError(
+            "MODELGATES_PUBLIC_URL is required with MODELGATES_AUTH=oauth: the origin clients reach, "
+            "e.g. https://mcp.example.com"
+        )
+    return {
+        "oauth": True,
+        "public_url": check_public_url(public),
+        "oauth_secrets": _oauth_secrets(environ.get("MODELGATES_OAUTH_SECRET")),
+        "oauth_access_ttl": _whole_seconds(
+            environ.get("MODELGATES_OAUTH_ACCESS_TTL"), "MODELGATES_OAUTH_ACCESS_TTL", DEFAULT_OAUTH_ACCESS_TTL
+        ),
+        "oauth_refresh_ttl": _whole_seconds(
+            environ.get("MODELGATES_OAUTH_REFRESH_TTL"), "MODELGATES_OAUTH_REFRESH_TTL", DEFAULT_OAUTH_REFRESH_TTL
+        ),
     }

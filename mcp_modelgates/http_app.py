@@ -8,7 +8,11 @@ cap (413, from Content-Length or while a chunked body streams in), then the prot
 
 In per-caller key mode the request's `Authorization: Bearer <key>` is put in a contextvar for
 that request only (`config.caller_key_for_request`); the client forwards it and every message
-masks it, exactly as the configured key.
+masks it, exactly as the configured key. In OAuth mode (MODELGATES_AUTH=oauth) the server is also
+the authorization server (`mcp_modelgates.oauth`, imported only then): its endpoints get their
+`Host` checked and then their own routes, and `/mcp` wants one of its access tokens (401 with
+`WWW-Authenticate: Bearer resource_metadata=...` otherwise, before the method is even looked at);
+the signed-in user's ModelGates key sealed in the token goes into that same contextvar.
 
 uvicorn runs with a protocol that bounds connections (`BoundedH11Protocol`: a deadline for each
 request head and body, a cap on open connections that evicts the longest-waiting idle one), so
@@ -26,7 +30,8 @@ import resource
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import anyio
 import h11
@@ -40,7 +45,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mcp_modelgates import __version__
 from mcp_modelgates.config import HEADER_SAFE, Settings, caller_key_for_request, is_loopback
-from mcp_modelgates.server import build_server
+from mcp_modelgates.server import SERVER_NAME, build_server
+
+if TYPE_CHECKING:
+    from mcp_modelgates.oauth.routes import OAuthServer
 
 logger = logging.getLogger("mcp_modelgates")
 
@@ -72,6 +80,8 @@ def allowed_hosts(settings: Settings) -> list[str]:
     names = [_bracketed(settings.http_host)]
     if is_loopback(settings.http_host) or settings.http_host in _WILDCARD_BINDS:
         names += ["127.0.0.1", "localhost", "[::1]"]
+    if settings.public_url:  # OAuth mode: the name clients reach it by (a balancer passes it on)
+        names.append(_bracketed(urlsplit(settings.public_url).hostname or ""))
     allowed: list[str] = []
     for name in [*names, *settings.allowed_hosts]:
         forms = [name] if name.endswith(":*") or name.rsplit("]", 1)[-1].count(":") else [name, f"{name}:*"]
@@ -200,8 +210,9 @@ async def _respond(
 class ModelGatesHttpApp:
     """The ASGI app: `/healthz`, and `/mcp` behind the checks described in the module docstring."""
 
-    def __init__(self, settings: Settings, server: Any) -> None:
+    def __init__(self, settings: Settings, server: Any, oauth: OAuthServer | None = None) -> None:
         self._settings = settings
+        self._oauth = oauth
         self._hosts = allowed_hosts(settings)
         self._origins = list(settings.allowed_origins)
         self._token = settings.http_token.get_secret_value().encode() if settings.http_token else None
@@ -239,6 +250,8 @@ class ModelGatesHttpApp:
                             logger.exception("the MCP session manager failed to start")
                             await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
                             return
+                        if self._oauth is not None:
+                            stack.push_async_callback(self._oauth.aclose)
                         self.serving = True
                         await send({"type": "lifespan.startup.complete"})
                     elif message["type"] == "lifespan.shutdown":
@@ -262,17 +275,26 @@ class ModelGatesHttpApp:
             else:
                 await _respond(send, 405, headers=[(b"allow", b"GET, HEAD")])
             return
-        if path != MCP_PATH:
+        oauth = self._oauth
+        if path != MCP_PATH and (oauth is None or path not in oauth.paths):
             await _respond(send, 404, b"Not Found")
             return
         headers = Headers(scope=scope)
         if not _matches(headers.get("host", ""), self._hosts):
             await _respond(send, 421, b"Invalid Host header")
             return
+        if oauth is not None and path != MCP_PATH:
+            await oauth(scope, receive, send)  # its routes judge Origin themselves (CORS, same-origin)
+            return
         origin = headers.get("origin")
         if origin is not None and not _matches(origin, self._origins):
             await _respond(send, 403, b"Invalid Origin header")
             return
+        signed_in: SecretStr | None = None
+        if oauth is not None:  # before the method: whatever it sends, a client learns where to sign in
+            signed_in = await self._signed_in_key(oauth, headers, send)
+            if signed_in is None:
+                return
         if method != "POST":
             # Stateless: no GET stream to resume and no session to DELETE.
             await _respond(send, 405, headers=[(b"allow", b"POST")])
@@ -299,7 +321,7 @@ class ModelGatesHttpApp:
             await send(message)
 
         try:
-            with caller_key_for_request(key):
+            with caller_key_for_request(signed_in or key):  # OAuth mode has neither a token nor per-caller keys
                 await self.manager.handle_request(scope, receive, send_tracked)
         except anyio.get_cancelled_exc_class():
             if not self.stopping():
@@ -310,8 +332,37 @@ class ModelGatesHttpApp:
             if not started:
                 await _respond(send, 503, b"The server shut down before this call finished; its outcome is unknown.")
 
+    async def _signed_in_key(self, oauth: OAuthServer, headers: Headers, send: Send) -> SecretStr | None:
+        """The ModelGates key sealed in the request's access token; None once a 401 is sent."""
+        credential = _bearer(headers.get("authorization"))
+        access = await oauth.verify(credential) if credential is not None else None
+        if access is None:
+            challenge = oauth.challenge(token_sent="authorization" in headers)
+            await _respond(send, 401, headers=[(b"www-authenticate", challenge)])
+            return None
+        return access.key
+
+
+class _QueryOmitted(logging.Filter):
+    """The access log shows the sign-in endpoints without their query: a client's state, a consent
+    request or the ModelGates code on its way to be exchanged are nobody's business in a log."""
+
+    def __init__(self, paths: frozenset[str]) -> None:
+        super().__init__()
+        self._paths = paths
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            path, mark, _ = args[2].partition("?")
+            if mark and path in self._paths:
+                record.args = (*args[:2], path + "?<omitted>", *args[3:])
+        return True
+
 
 def describe(settings: Settings, key_source: str) -> str:
+    if settings.oauth:
+        return f"each signed-in user's own key (OAuth sign-in, issuer {settings.public_url})"
     if settings.key_from_client:
         return "each caller's own key (Authorization: Bearer <ModelGates key>)"
     mode = f"shared key {key_source}"
@@ -347,7 +398,15 @@ def uvicorn_config(app: ModelGatesHttpApp, host: str, port: int, cap: int) -> uv
 
 def serve_http(settings: Settings, key_source: str) -> int:
     """Serve until SIGTERM/SIGINT; then in-flight calls get GRACEFUL_SECONDS to finish, and exit 0."""
-    app = ModelGatesHttpApp(settings, build_server(settings))  # connect_account where server.offers_connect says
+    mcp_server = build_server(settings)  # connect_account where server.offers_connect says
+    oauth: OAuthServer | None = None
+    if settings.oauth:
+        from mcp_modelgates.client import ModelGatesClient
+        from mcp_modelgates.oauth.routes import OAuthServer  # imported only in this mode
+
+        oauth = OAuthServer(settings, ModelGatesClient(settings, f"{SERVER_NAME}/{__version__}"))
+        logging.getLogger("uvicorn.access").addFilter(_QueryOmitted(oauth.paths))
+    app = ModelGatesHttpApp(settings, mcp_server, oauth)
     if settings.log_level != "DEBUG":
         # The SDK logs "Terminating session: None" at INFO for every stateless request.
         logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)

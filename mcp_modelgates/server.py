@@ -37,8 +37,9 @@ Lifespan = Callable[[Server[Any]], AbstractAsyncContextManager[dict[str, Any]]]
 def offers_connect(settings: Settings) -> bool:
     """Whether connect_account is offered: its listener and the key it stores live on this machine,
     so only where whoever calls is this machine's user. Not over HTTP bound beyond loopback, and
-    not with per-caller keys, where each caller's key is theirs and a file here belongs to nobody."""
-    if settings.key_from_client:
+    not with per-caller keys or sign-in, where each caller's key is theirs and a file here belongs
+    to nobody."""
+    if settings.keys_per_request:
         return False
     return settings.transport != "http" or is_loopback(settings.http_host)
 

@@ -2,8 +2,9 @@
 
 By default it behaves like ModelGates for the two PKCE operations and the approval page (`GET /auth`
 on the origin approves at once and redirects to the callback with a code): `POST /auth/keys/code` issues
-a code bound to its challenge (requires a bearer key), `POST /auth/keys` checks the verifier
-against that challenge, and codes are single-use and expire after `code_ttl` seconds. Tests can
+a code bound to its challenge (requires a bearer key: the configured one, or one it minted and did not
+`revoke`), `POST /auth/keys` checks the verifier against that challenge and mints a new key (kept in
+`minted`), and codes are single-use and expire after `code_ttl` seconds. Tests can
 queue scripted answers (`reply`) that take precedence, in order, over that behaviour. Every
 request is recorded (method, path, headers, raw body) and connections are counted.
 
@@ -98,6 +99,8 @@ class FakeModelGates:
         self.connections = 0
         self._replies: deque[Reply] = deque()
         self._codes: dict[str, _Code] = {}
+        self.minted: list[str] = []  # every key an exchange issued, in order
+        self.revoked: set[str] = set()
         self._lock = threading.Lock()
         self.handler: Callable[[Recorded], Reply | None] | None = None
         self._server = _Server(("127.0.0.1", port), _Handler)
@@ -146,11 +149,18 @@ class FakeModelGates:
         with self._lock:
             self._replies.clear()
             self.requests.clear()
+            self.minted.clear()
+            self.revoked.clear()
             self.connections = 0
 
     def expire(self, code: str) -> None:
         with self._lock:
             self._codes[code].issued -= self.code_ttl + 1
+
+    def revoke(self, key: str) -> None:
+        """The user deleted this key at ModelGates: it is refused from now on."""
+        with self._lock:
+            self.revoked.add(key)
 
     def issue_code(self, challenge: str | None = None, method: str | None = "S256") -> str:
         code = "auth_code_" + secrets.token_hex(8)
@@ -182,7 +192,10 @@ class FakeModelGates:
         if not isinstance(body, dict):
             return Reply(400, error_body(400, "Body must be an object"))
         if rec.path == self.prefix + "/auth/keys/code":
-            if rec.headers.get("authorization") != f"Bearer {self.api_key}":
+            bearer = (rec.headers.get("authorization") or "").removeprefix("Bearer ")
+            with self._lock:
+                known = bearer == self.api_key or (bearer in self.minted and bearer not in self.revoked)
+            if not known:
                 return Reply(401, error_body(401, "Missing Authentication header"))
             if not isinstance(body.get("callback_url"), str):
                 return Reply(400, error_body(400, "callback_url is required"))
@@ -210,7 +223,9 @@ class FakeModelGates:
                     if derived != entry.challenge:
                         return Reply(403, error_body(403, "Invalid code or code_verifier"))
                 entry.used = True
-            return Reply(200, {"key": KEY_PREFIX + secrets.token_hex(16), "user_id": "user_2abc"})
+                key = KEY_PREFIX + secrets.token_hex(16)
+                self.minted.append(key)
+            return Reply(200, {"key": key, "user_id": "user_2abc"})
         return Reply(404, error_body(404, "Not found"))
 
     def _approve(self, rec: Recorded) -> Reply:

@@ -90,8 +90,8 @@ class HttpServer:
                 self.proc.kill()
 
 
-def start_server(env: dict[str, str], *args: str) -> HttpServer:
-    port = free_port()
+def start_server(env: dict[str, str], *args: str, port: int | None = None) -> HttpServer:
+    port = port or free_port()
     proc = subprocess.Popen(
         [*server_command(), "--transport", "http", "--port", str(port), *args],
         env=clean_env(env),

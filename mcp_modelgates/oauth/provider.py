@@ -1,0 +1,306 @@
+"""The authorization server's state, sealed: the SDK's provider interface over `Sealer` and `OnceStore`.
+
+The SDK's handlers (`RegistrationHandler`, `TokenHandler`, `ClientAuthenticator`) call this
+provider; so do the server's own routes (consent, callback, `/mcp`). Nothing is looked up in a
+table: a client id is the client's sealed registration, a code or token is sealed with everything
+it stands for (the client, the redirect URI, the PKCE challenge, the resource, the user's ModelGates
+key). The store only records what must happen once: a code redeemed, a refresh token rotated, a
+sign-in completed, a grant ended.
+
+A grant is one sign-in: its code, and every access and refresh token issued from it, carry the
+grant id. A code redeemed twice or a rotated refresh token shown again ends the grant (RFC 6749
+section 4.1.2, OAuth 2.1 section 4.3.1): its tokens are refused from then on, on `/mcp` too.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from mcp.server.auth.provider import (
+    AccessToken,
+    AuthorizationCode,
+    AuthorizationParams,
+    AuthorizeError,
+    OAuthAuthorizationServerProvider,
+    RefreshToken,
+    RegistrationError,
+    TokenError,
+)
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from pydantic import AnyUrl, SecretStr
+
+from mcp_modelgates.config import Settings, is_loopback
+from mcp_modelgates.oauth.sealing import Sealer, b64url
+from mcp_modelgates.oauth.store import OnceStore
+
+CODE_TTL = 300  # seconds from the callback to the client's token request
+MAX_REDIRECT_URIS = 4  # a native client registers one; the sealed client id stays short
+MAX_URI_CHARS = 512
+MAX_NAME_CHARS = 100
+
+# The `resource` form field of the token request being served: the SDK's token handler does not
+# pass it on, and audience binding needs it (RFC 8707). Set by the route for that request only.
+requested_resource: contextvars.ContextVar[str | None] = contextvars.ContextVar("requested_resource", default=None)
+
+
+class SealedCode(AuthorizationCode):
+    id: str
+    key: SecretStr
+    user_id: str | None = None
+
+
+class SealedRefreshToken(RefreshToken):
+    id: str
+    grant: str
+    key: SecretStr
+    user_id: str | None = None
+
+
+class SealedAccessToken(AccessToken):
+    grant: str
+    key: SecretStr
+    user_id: str | None = None
+
+
+def client_ref(client_id: str) -> str:
+    """A short, fixed reference to a client for what is sealed on its behalf (its id is itself a blob)."""
+    return b64url(hashlib.sha256(client_id.encode()).digest()[:18])
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def _granted(data: dict[str, Any]) -> dict[str, Any]:
+    """What a code and the tokens of its grant all carry: scopes, audience, the user and their key."""
+    return {
+        "scopes": data["scopes"],
+        "resource": data["resource"],
+        "key": SecretStr(data["key"]),
+        "user_id": data["user"],
+    }
+
+
+def redirect_uri_problem(uri: str) -> str | None:
+    """Why a redirect URI may not be registered, or None: https, or http on a loopback host
+    (any port, RFC 8252 section 7.3); no user info, no fragment (RFC 6749 section 3.1.2)."""
+    if len(uri) > MAX_URI_CHARS:
+        return f"a redirect URI is longer than {MAX_URI_CHARS} characters"
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        _ = parts.port
+    except ValueError:
+        return "a redirect URI is not a valid URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"redirect URIs must be https or http on a loopback host, got scheme {parts.scheme!r}"
+    if parts.scheme == "http" and not is_loopback(host):
+        return "redirect URIs over plain http must point to a loopback host (localhost, 127.0.0.1, [::1])"
+    if parts.username is not None or parts.password is not None:
+        return "a redirect URI must not contain user info"
+    if parts.fragment or "#" in uri:
+        return "a redirect URI must not contain a fragment"
+    return None
+
+
+class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshToken, SealedAccessToken]):
+    def __init__(self, settings: Settings, store: OnceStore, sealer: Sealer | None = None) -> None:
+        self.issuer = settings.public_url
+        self.resource = settings.public_url + "/mcp"
+        self.sealer = sealer or Sealer([s.get_secret_value() for s in settings.oauth_secrets], self.issuer)
+        self.store = store
+        self.access_ttl = settings.oauth_access_ttl
+        self.refresh_ttl = settings.oauth_refresh_ttl
+
+    # ------------------------------------------------------------ clients (RFC 7591)
+
+    async def register_client(self, client_info: OAuthClientInformationFull) -> None:
+        """Checks the redirect URIs, then makes the client id the sealed registration itself."""
+        uris = [str(uri) for uri in client_info.redirect_uris or []]
+        if not uris or len(uris) > MAX_REDIRECT_URIS:
+            raise RegistrationError("invalid_redirect_uri", f"register 1 to {MAX_REDIRECT_URIS} redirect URIs")
+        for uri in uris:
+            problem = redirect_uri_problem(uri)
+            if problem is not None:
+                raise RegistrationError("invalid_redirect_uri", problem)
+        name = client_info.client_name
+        if name is not None and len(name) > MAX_NAME_CHARS:
+            raise RegistrationError(
+                "invalid_client_metadata", f"client_name is longer than {MAX_NAME_CHARS} characters"
+            )
+        if client_info.scope is not None and len(client_info.scope) > MAX_URI_CHARS:
+            raise RegistrationError("invalid_client_metadata", "scope is too long")
+        client_info.client_id = self.sealer.seal(
+            "client",
+            {
+                "name": name,
+                "redirect_uris": uris,
+                "auth_method": client_info.token_endpoint_auth_method,
+                "grant_types": client_info.grant_types,
+                "response_types": client_info.response_types,
+                "scope": client_info.scope,
+                "secret": client_info.client_secret,
+                "issued_at": client_info.client_id_issued_at,
+            },
+        )
+
+    async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        data = self.sealer.open("client", client_id)
+        if data is None:
+            return None
+        return OAuthClientInformationFull(
+            client_id=client_id,
+            client_name=data["name"],
+            redirect_uris=[AnyUrl(uri) for uri in data["redirect_uris"]],
+            token_endpoint_auth_method=data["auth_method"],
+            grant_types=data["grant_types"],
+            response_types=data["response_types"],
+            scope=data["scope"],
+            client_secret=data["secret"],
+            client_id_issued_at=data["issued_at"],
+        )
+
+    # ------------------------------------------------------------ authorization
+
+    async def authorize(self, client: OAuthClientInformationFull, params: AuthorizationParams) -> str:
+        """Not called: this server's own `/authorize` shows its consent page first (routes.py)."""
+        raise AuthorizeError("server_error", "authorization requests are served by the consent page")
+
+    def issue_code(self, pending: dict[str, Any], key: str, user_id: str | None) -> str:
+        """The authorization code for a completed sign-in: the pending request's bindings and the key."""
+        payload = {field: pending[field] for field in ("client", "redirect_uri", "explicit", "challenge", "resource")}
+        return self.sealer.seal(
+            "code",
+            {
+                **payload,
+                "scopes": pending["scopes"],
+                "id": new_id(),
+                "key": key,
+                "user": user_id,
+                "exp": time.time() + CODE_TTL,
+            },
+        )
+
+    async def load_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: str
+    ) -> SealedCode | None:
+        data = self.sealer.open("code", authorization_code)
+        if data is None or data["client"] != client_ref(client.client_id):
+            return None
+        return SealedCode(
+            code=authorization_code,
+            expires_at=data["exp"],
+            client_id=client.client_id,
+            code_challenge=data["challenge"],
+            redirect_uri=AnyUrl(data["redirect_uri"]),
+            redirect_uri_provided_explicitly=data["explicit"],
+            id=data["id"],
+            **_granted(data),
+        )
+
+    def _check_resource(self, bound: str | None) -> None:
+        """RFC 8707: a resource named at the token endpoint must be the one the grant is bound to."""
+        asked = requested_resource.get()
+        if asked is not None and asked != bound:
+            raise TokenError("invalid_target", f"this grant is for the resource {bound}")
+
+    async def exchange_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: SealedCode
+    ) -> OAuthToken:
+        self._check_resource(authorization_code.resource)
+        grant = authorization_code.id  # the grant is named after the code that started it
+        ttl = max(authorization_code.expires_at - time.time(), 0) + 1
+        if await self.store.mark_once(f"code:{authorization_code.id}", ttl):
+            await self.end_grant(grant)
+            raise TokenError("invalid_grant", "authorization code already used; the tokens issued for it are revoked")
+        return self._tokens(
+            client,
+            grant,
+            authorization_code.scopes,
+            authorization_code.resource,
+            authorization_code.key,
+            authorization_code.user_id,
+        )
+
+    # ------------------------------------------------------------ tokens
+
+    def _tokens(
+        self,
+        client: OAuthClientInformationFull,
+        grant: str,
+        scopes: list[str],
+        resource: str | None,
+        key: SecretStr,
+        user_id: str | None,
+    ) -> OAuthToken:
+        now = time.time()
+        common = {
+            "grant": grant,
+            "client": client_ref(client.client_id),
+            "resource": resource,
+            "scopes": scopes,
+            "key": key.get_secret_value(),
+            "user": user_id,
+        }
+        access = self.sealer.seal("access", {**common, "exp": now + self.access_ttl})
+        refresh = self.sealer.seal("refresh", {**common, "id": new_id(), "exp": now + self.refresh_ttl})
+        return OAuthToken(
+            access_token=access,
+            expires_in=self.access_ttl,
+            scope=" ".join(scopes) if scopes else None,
+            refresh_token=refresh,
+        )
+
+    async def load_refresh_token(
+        self, client: OAuthClientInformationFull, refresh_token: str
+    ) -> SealedRefreshToken | None:
+        data = self.sealer.open("refresh", refresh_token)
+        if data is None or data["client"] != client_ref(client.client_id):
+            return None
+        if await self.store.is_marked(f"grant:{data['grant']}"):
+            return None  # the grant was ended
+        return SealedRefreshToken(
+            token=refresh_token,
+            client_id=client.client_id,
+            expires_at=int(data["exp"]),
+            id=data["id"],
+            grant=data["grant"],
+            **_granted(data),
+        )
+
+    async def exchange_refresh_token(
+        self, client: OAuthClientInformationFull, refresh_token: SealedRefreshToken, scopes: list[str]
+    ) -> OAuthToken:
+        """Rotation: each refresh token works once; shown again, it ends its grant."""
+        self._check_resource(refresh_token.resource)
+        ttl = max((refresh_token.expires_at or 0) - time.time(), 0) + 1
+        if await self.store.mark_once(f"refresh:{refresh_token.id}", ttl):
+            await self.end_grant(refresh_token.grant)
+            raise TokenError("invalid_grant", "refresh token already used; this sign-in is revoked, sign in again")
+        return self._tokens(
+            client, refresh_token.grant, scopes, refresh_token.resource, refresh_token.key, refresh_token.user_id
+        )
+
+    async def load_access_token(self, token: str) -> SealedAccessToken | None:
+        """An access token sealed by this deployment, unexpired, issued for this server's `/mcp`
+        (its audience), of a grant not ended; None for anything else (a raw ModelGates key too)."""
+        data = self.sealer.open("access", token)
+        if data is None or data["resource"] != self.resource:
+            return None
+        if await self.store.is_marked(f"grant:{data['grant']}"):
+            return None
+        return SealedAccessToken(
+            token=token, client_id=data["client"], expires_at=int(data["exp"]), grant=data["grant"], **_granted(data)
+        )
+
+    async def end_grant(self, grant: str) -> None:
+        # Long enough to outlive every token of the grant issued before now.
+        await self.store.mark_once(f"grant:{grant}", max(self.refresh_ttl, self.access_ttl) + 60)
+
+    async def revoke_token(self, token: SealedAccessToken | SealedRefreshToken) -> None:
+        await self.end_grant(token.grant)
