@@ -9,15 +9,24 @@ sign-in completed, a grant ended.
 
 A grant is one sign-in: its code, and every access and refresh token issued from it, carry the
 grant id. A code redeemed twice or a rotated refresh token shown again ends the grant (RFC 6749
-section 4.1.2, OAuth 2.1 section 4.3.1): its tokens are refused from then on, on `/mcp` too.
+section 4.1.2, OAuth 2.1 section 4.3.1), and so does revoking any of its tokens (RFC 7009): its
+tokens are refused from then on, on `/mcp` too. Redeeming or rotating is one atomic step of the
+store (`OnceStore.use_once`), so two replicas shown the same code at once give tokens once.
+
+When the store cannot be reached, every step that marks something fails (`StoreUnavailable`, a
+503 for the caller), but an unexpired access token is still accepted on `/mcp`: only its
+revocation cannot be checked, its life is short (MODELGATES_OAUTH_ACCESS_TTL), it cannot be
+refreshed meanwhile, and grants this process has seen ended stay refused from its own memory.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
+import logging
 import secrets
 import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,12 +45,16 @@ from pydantic import AnyUrl, SecretStr
 
 from mcp_modelgates.config import Settings, is_loopback
 from mcp_modelgates.oauth.sealing import Sealer, b64url
-from mcp_modelgates.oauth.store import OnceStore
+from mcp_modelgates.oauth.store import OnceStore, StoreUnavailable
+
+logger = logging.getLogger("mcp_modelgates.oauth")
 
 CODE_TTL = 300  # seconds from the callback to the client's token request
 MAX_REDIRECT_URIS = 4  # a native client registers one; the sealed client id stays short
 MAX_URI_CHARS = 512
 MAX_NAME_CHARS = 100
+CLOCK_SKEW = 60  # seconds a mark outlives what it guards: replicas' clocks may differ by that much
+ENDED_REMEMBERED = 4096  # ended grants each process keeps in memory, for when the store is unreachable
 
 # The `resource` form field of the token request being served: the SDK's token handler does not
 # pass it on, and audience binding needs it (RFC 8707). Set by the route for that request only.
@@ -116,6 +129,10 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
         self.store = store
         self.access_ttl = settings.oauth_access_ttl
         self.refresh_ttl = settings.oauth_refresh_ttl
+        # An ended grant's mark outlives every token of it issued before it ended.
+        self.grant_ttl = max(self.refresh_ttl, self.access_ttl) + CLOCK_SKEW
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._failed_open_logged_at = -1e9
 
     # ------------------------------------------------------------ clients (RFC 7591)
 
@@ -214,9 +231,10 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
     ) -> OAuthToken:
         self._check_resource(authorization_code.resource)
         grant = authorization_code.id  # the grant is named after the code that started it
-        ttl = max(authorization_code.expires_at - time.time(), 0) + 1
-        if await self.store.mark_once(f"code:{authorization_code.id}", ttl):
-            await self.end_grant(grant)
+        ttl = max(authorization_code.expires_at - time.time(), 0) + CLOCK_SKEW
+        use = await self.store.use_once(f"code:{authorization_code.id}", ttl, f"grant:{grant}", self.grant_ttl)
+        if use != "first":
+            self._ended_here(grant)
             raise TokenError("invalid_grant", "authorization code already used; the tokens issued for it are revoked")
         return self._tokens(
             client,
@@ -262,8 +280,7 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
         data = self.sealer.open("refresh", refresh_token)
         if data is None or data["client"] != client_ref(client.client_id):
             return None
-        if await self.store.is_marked(f"grant:{data['grant']}"):
-            return None  # the grant was ended
+        # Whether its grant has ended is asked in the same step that rotates it (exchange_refresh_token).
         return SealedRefreshToken(
             token=refresh_token,
             client_id=client.client_id,
@@ -276,15 +293,19 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
     async def exchange_refresh_token(
         self, client: OAuthClientInformationFull, refresh_token: SealedRefreshToken, scopes: list[str]
     ) -> OAuthToken:
-        """Rotation: each refresh token works once; shown again, it ends its grant."""
+        """Rotation: each refresh token works once; shown again, it ends its grant (the whole family,
+        every token descended from that sign-in)."""
         self._check_resource(refresh_token.resource)
-        ttl = max((refresh_token.expires_at or 0) - time.time(), 0) + 1
-        if await self.store.mark_once(f"refresh:{refresh_token.id}", ttl):
-            await self.end_grant(refresh_token.grant)
+        ttl = max((refresh_token.expires_at or 0) - time.time(), 0) + CLOCK_SKEW
+        grant = refresh_token.grant
+        use = await self.store.use_once(f"refresh:{refresh_token.id}", ttl, f"grant:{grant}", self.grant_ttl)
+        if use != "first":
+            self._ended_here(grant)
+        if use == "again":
             raise TokenError("invalid_grant", "refresh token already used; this sign-in is revoked, sign in again")
-        return self._tokens(
-            client, refresh_token.grant, scopes, refresh_token.resource, refresh_token.key, refresh_token.user_id
-        )
+        if use == "ended":
+            raise TokenError("invalid_grant", "this sign-in has ended (signed out or revoked); sign in again")
+        return self._tokens(client, grant, scopes, refresh_token.resource, refresh_token.key, refresh_token.user_id)
 
     async def load_access_token(self, token: str) -> SealedAccessToken | None:
         """An access token sealed by this deployment, unexpired, issued for this server's `/mcp`
@@ -292,15 +313,51 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
         data = self.sealer.open("access", token)
         if data is None or data["resource"] != self.resource:
             return None
-        if await self.store.is_marked(f"grant:{data['grant']}"):
+        if await self._grant_ended(data["grant"]):
             return None
         return SealedAccessToken(
             token=token, client_id=data["client"], expires_at=int(data["exp"]), grant=data["grant"], **_granted(data)
         )
 
+    async def _grant_ended(self, grant: str) -> bool:
+        """Whether a grant has ended; while the store cannot be read, only what this process saw."""
+        if grant in self._ended:
+            return True
+        try:
+            ended = await self.store.is_marked(f"grant:{grant}")
+        except StoreUnavailable as exc:
+            now = time.monotonic()
+            if now - self._failed_open_logged_at > 30:  # one line per 30 s through an outage
+                self._failed_open_logged_at = now
+                logger.warning(
+                    "revocations cannot be read (%s): unexpired access tokens are accepted until the store is back",
+                    exc,
+                )
+            return False
+        if ended:
+            self._ended_here(grant)
+        return ended
+
+    def _ended_here(self, grant: str) -> None:
+        # An ended grant never comes back, so remembering one is always right; the oldest go first.
+        self._ended[grant] = None
+        self._ended.move_to_end(grant)
+        while len(self._ended) > ENDED_REMEMBERED:
+            self._ended.popitem(last=False)
+
     async def end_grant(self, grant: str) -> None:
-        # Long enough to outlive every token of the grant issued before now.
-        await self.store.mark_once(f"grant:{grant}", max(self.refresh_ttl, self.access_ttl) + 60)
+        """Every token of the grant is refused from now on, on every replica sharing the store."""
+        await self.store.mark_once(f"grant:{grant}", self.grant_ttl)
+        self._ended_here(grant)
+
+    def grant_of(self, client: OAuthClientInformationFull, token: str, hint: str | None = None) -> str | None:
+        """The grant of an access or refresh token this deployment issued to `client`, or None."""
+        kinds = ("refresh", "access") if hint == "refresh_token" else ("access", "refresh")
+        for kind in kinds:
+            data = self.sealer.open(kind, token)
+            if data is not None and data["client"] == client_ref(client.client_id):
+                return str(data["grant"])
+        return None
 
     async def revoke_token(self, token: SealedAccessToken | SealedRefreshToken) -> None:
         await self.end_grant(token.grant)
