@@ -372,6 +372,7 @@ def test_metadata_names_this_server_exactly(one: HttpServer) -> None:
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert "none" in meta["token_endpoint_auth_methods_supported"]
     assert meta["authorization_response_iss_parameter_supported"] is True
+    assert meta["client_id_metadata_document_supported"] is True
     assert meta["grant_types_supported"] == ["authorization_code", "refresh_token"]
     assert "scopes_supported" not in meta
 

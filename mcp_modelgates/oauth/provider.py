@@ -2,10 +2,11 @@
 
 The SDK's handlers (`RegistrationHandler`, `TokenHandler`, `ClientAuthenticator`) call this
 provider; so do the server's own routes (consent, callback, `/mcp`). Nothing is looked up in a
-table: a client id is the client's sealed registration, a code or token is sealed with everything
-it stands for (the client, the redirect URI, the PKCE challenge, the resource, the user's ModelGates
-key). The store only records what must happen once: a code redeemed, a refresh token rotated, a
-sign-in completed, a grant ended.
+table: a client id is the client's sealed registration or the https URL of its Client ID Metadata
+Document (fetched by `client_documents.py`, held to the rules of a registration), a code or token
+is sealed with everything it stands for (the client, the redirect URI, the PKCE challenge, the
+resource, the user's ModelGates key). The store only records what must happen once: a code
+redeemed, a refresh token rotated, a sign-in completed, a grant ended.
 
 A grant is one sign-in: its code, and every access and refresh token issued from it, carry the
 grant id. A code redeemed twice or a rotated refresh token shown again ends the grant (RFC 6749
@@ -40,10 +41,11 @@ from mcp.server.auth.provider import (
     RegistrationError,
     TokenError,
 )
-from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
-from pydantic import AnyUrl, SecretStr
+from mcp.shared.auth import DEFAULT_GRANT_TYPES, OAuthClientInformationFull, OAuthToken
+from pydantic import AnyUrl, SecretStr, ValidationError
 
 from mcp_modelgates.config import Settings, is_loopback
+from mcp_modelgates.oauth.client_documents import ClientDocumentError, ClientDocuments
 from mcp_modelgates.oauth.sealing import Sealer, b64url
 from mcp_modelgates.oauth.store import OnceStore, StoreUnavailable
 
@@ -51,6 +53,8 @@ logger = logging.getLogger("mcp_modelgates.oauth")
 
 CODE_TTL = 300  # seconds from the callback to the client's token request
 MAX_REDIRECT_URIS = 4  # a native client registers one; the sealed client id stays short
+MAX_DOCUMENT_REDIRECT_URIS = 8  # a metadata document is not sealed into its id: it may list a few more
+GRANT_TYPES = frozenset(DEFAULT_GRANT_TYPES)  # authorization_code and refresh_token
 MAX_URI_CHARS = 512
 MAX_NAME_CHARS = 100
 CLOCK_SKEW = 60  # seconds a mark outlives what it guards: replicas' clocks may differ by that much
@@ -121,9 +125,85 @@ def redirect_uri_problem(uri: str) -> str | None:
     return None
 
 
+def _loopback_port_free(registered: str, asked: str) -> bool:
+    """RFC 8252 section 7.3: a loopback http redirect URI matches with any port, all else exact."""
+    try:
+        r, a = urlsplit(registered), urlsplit(asked)
+        same_host = r.hostname == a.hostname and r.hostname is not None and is_loopback(r.hostname)
+        _ = (r.port, a.port)
+    except ValueError:
+        return False
+    return (r.scheme, a.scheme) == ("http", "http") and same_host and (r.path, r.query) == (a.path, a.query)
+
+
+class DocumentClient(OAuthClientInformationFull):
+    """A client known by its metadata document: its `client_id` is the document's URL."""
+
+    def validate_redirect_uri(self, redirect_uri: AnyUrl | None) -> AnyUrl:
+        # A document is static while a native client's loopback port is chosen per sign-in.
+        if redirect_uri is not None and any(
+            _loopback_port_free(str(uri), str(redirect_uri)) for uri in self.redirect_uris or []
+        ):
+            return redirect_uri
+        return super().validate_redirect_uri(redirect_uri)
+
+
+def client_from_document(url: str, document: dict[str, Any]) -> DocumentClient:
+    """The client a metadata document describes, by the rules a registration follows; a public
+    client (`none`), since a document anyone can read cannot hold a secret."""
+    if "client_secret" in document or "client_secret_expires_at" in document:
+        raise ClientDocumentError("a client metadata document must not hold a client secret")
+    method = document.get("token_endpoint_auth_method", "none")
+    if method != "none":
+        raise ClientDocumentError(
+            f"token_endpoint_auth_method {str(method)[:40]!r} is not supported for metadata documents: use none"
+        )
+    uris = document.get("redirect_uris")
+    if not isinstance(uris, list) or not uris or len(uris) > MAX_DOCUMENT_REDIRECT_URIS:
+        raise ClientDocumentError(f"a client metadata document lists 1 to {MAX_DOCUMENT_REDIRECT_URIS} redirect_uris")
+    for uri in uris:
+        problem = redirect_uri_problem(uri) if isinstance(uri, str) else "a redirect URI is not a string"
+        if problem is not None:
+            raise ClientDocumentError(problem)
+    name, scope = document.get("client_name"), document.get("scope")
+    if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
+        raise ClientDocumentError(f"client_name must be text of at most {MAX_NAME_CHARS} characters")
+    if scope is not None and (not isinstance(scope, str) or len(scope) > MAX_URI_CHARS):
+        raise ClientDocumentError("scope must be text of at most {MAX_URI_CHARS} characters")
+    grant_types = document.get("grant_types", list(DEFAULT_GRANT_TYPES))
+    if (
+        not isinstance(grant_types, list)
+        or not set(grant_types) <= GRANT_TYPES
+        or "authorization_code" not in grant_types
+    ):
+        raise ClientDocumentError("grant_types may be authorization_code and refresh_token only")
+    response_types = document.get("response_types", ["code"])
+    if response_types != ["code"]:
+        raise ClientDocumentError('response_types must be ["code"]')
+    try:
+        return DocumentClient(
+            client_id=url,
+            client_name=name,
+            redirect_uris=[AnyUrl(uri) for uri in uris],
+            token_endpoint_auth_method="none",  # noqa: S106 - a method's name, not a secret
+            grant_types=grant_types,
+            response_types=response_types,
+            scope=scope,
+        )
+    except ValidationError:
+        raise ClientDocumentError("the client metadata document has a field this server cannot read") from None
+
+
 class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshToken, SealedAccessToken]):
-    def __init__(self, settings: Settings, store: OnceStore, sealer: Sealer | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: OnceStore,
+        sealer: Sealer | None = None,
+        documents: ClientDocuments | None = None,
+    ) -> None:
         self.issuer = settings.public_url
+        self.documents = documents or ClientDocuments()
         self.resource = settings.public_url + "/mcp"
         self.sealer = sealer or Sealer([s.get_secret_value() for s in settings.oauth_secrets], self.issuer)
         self.store = store
@@ -166,7 +246,17 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
             },
         )
 
+    async def document_client(self, url: str) -> DocumentClient:
+        """The client whose metadata document `url` is; `ClientDocumentError` saying why not."""
+        return client_from_document(url, await self.documents.fetch(url))
+
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        if client_id.startswith("https://"):
+            try:
+                return await self.document_client(client_id)
+            except ClientDocumentError as exc:
+                logger.info("a client metadata document was refused: %s", exc)
+                return None
         data = self.sealer.open("client", client_id)
         if data is None:
             return None

@@ -3,7 +3,9 @@
 - RFC 9728 metadata for `/mcp` at `/.well-known/oauth-protected-resource/mcp` and at the root path,
   RFC 8414 metadata at `/.well-known/oauth-authorization-server` (the issuer is exactly the public
   origin; S256 only; `none` among the client authentication methods; RFC 9207 `iss` advertised).
-- `POST /register` (RFC 7591) and `POST /token` are the SDK's handlers over `SealedProvider`;
+- Clients: `POST /register` (RFC 7591), or a `client_id` that is the https URL of the client's
+  metadata document (Client ID Metadata Documents, `client_documents.py`).
+- `POST /register` and `POST /token` are the SDK's handlers over `SealedProvider`;
   the token route hands the request's `resource` to the provider, which the SDK's handler does not.
 - `GET /authorize` checks the request and shows this server's consent page; `POST /consent`
   (same origin only, CSRF-bound to a cookie) denies, or seals the pending sign-in into a cookie
@@ -38,7 +40,13 @@ from mcp.server.auth.middleware.client_auth import AuthenticationError, ClientAu
 from mcp.server.auth.provider import construct_redirect_uri
 from mcp.server.auth.settings import ClientRegistrationOptions
 from mcp.server.transport_security import RequestBodyLimitMiddleware
-from mcp.shared.auth import InvalidRedirectUriError, InvalidScopeError, OAuthMetadata, ProtectedResourceMetadata
+from mcp.shared.auth import (
+    InvalidRedirectUriError,
+    InvalidScopeError,
+    OAuthClientInformationFull,
+    OAuthMetadata,
+    ProtectedResourceMetadata,
+)
 from pydantic import AnyUrl, SecretStr, ValidationError
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -51,7 +59,15 @@ from mcp_modelgates.client import ApiError, ModelGatesClient, excerpt
 from mcp_modelgates.config import Settings, caller_key_for_request
 from mcp_modelgates.models import EXCHANGE_AUTH_CODE, ExchangeAuthCodeRequest, ExchangeAuthCodeResponse
 from mcp_modelgates.oauth import pages
-from mcp_modelgates.oauth.provider import SealedAccessToken, SealedProvider, client_ref, new_id, requested_resource
+from mcp_modelgates.oauth.client_documents import ClientDocumentError, ClientDocuments
+from mcp_modelgates.oauth.provider import (
+    DocumentClient,
+    SealedAccessToken,
+    SealedProvider,
+    client_ref,
+    new_id,
+    requested_resource,
+)
 from mcp_modelgates.oauth.store import MemoryStore, OnceStore, StoreUnavailable
 
 logger = logging.getLogger("mcp_modelgates.oauth")
@@ -108,10 +124,18 @@ class OAuthServer:
     """The endpoints above, `verify` for `/mcp`, and what they share: the provider, its store and
     the ModelGates client for the callback's exchange (made without any API key)."""
 
-    def __init__(self, settings: Settings, api: ModelGatesClient, store: OnceStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        api: ModelGatesClient,
+        store: OnceStore | None = None,
+        documents: ClientDocuments | None = None,
+    ) -> None:
+        """`documents` is the tests' seam for metadata documents served from loopback; built from
+        settings, the server always fetches them with the defaults (public addresses only)."""
         self.settings = settings
         self.api = api
-        self.provider = SealedProvider(settings, store or MemoryStore())
+        self.provider = SealedProvider(settings, store or MemoryStore(), documents=documents)
         self.sealer = self.provider.sealer
         self.issuer = settings.public_url
         self.resource = self.provider.resource
@@ -142,6 +166,7 @@ class OAuthServer:
             revocation_endpoint_auth_methods_supported=AUTH_METHODS,
             code_challenge_methods_supported=["S256"],
             authorization_response_iss_parameter_supported=True,
+            client_id_metadata_document_supported=True,
         )
         self.authenticator = ClientAuthenticator(self.provider)
         token_handler = TokenHandler(self.provider, self.authenticator)
@@ -182,6 +207,7 @@ class OAuthServer:
 
     async def aclose(self) -> None:
         await self.api.aclose()
+        await self.provider.documents.aclose()
         await self.provider.store.aclose()
 
     # ------------------------------------------------------------ /mcp
@@ -256,7 +282,13 @@ class OAuthServer:
         if any(len(params.getlist(name)) > 1 for name in params):
             return self._page(400, "Sign-in refused", "A parameter of this sign-in link appears twice. " + restart)
         client_id = params.get("client_id")
-        client = await self.provider.get_client(client_id) if client_id else None
+        if client_id is not None and client_id.startswith("https://"):
+            try:
+                client: OAuthClientInformationFull | None = await self.provider.document_client(client_id)
+            except ClientDocumentError as exc:
+                return self._page(400, "Unknown app", f"This app's metadata document cannot be used: {exc}. " + restart)
+        else:
+            client = await self.provider.get_client(client_id) if client_id else None
         if client is None:
             # Never redirect to a URI that no registration vouches for: say it here instead.
             return self._page(
@@ -322,6 +354,7 @@ class OAuthServer:
         target = urlsplit(redirect_uri)
         page = pages.consent(
             client_name=client.client_name,
+            client_site=urlsplit(client.client_id).netloc if isinstance(client, DocumentClient) else None,
             redirect_host=target.netloc,
             server_host=urlsplit(self.issuer).netloc,
             request=sealed,
