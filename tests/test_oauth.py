@@ -1232,6 +1232,7 @@ OAUTH_SETTINGS = [
     "MODELGATES_OAUTH_SECRET",
     "MODELGATES_OAUTH_ACCESS_TTL",
     "MODELGATES_OAUTH_REFRESH_TTL",
+    "MODELGATES_OAUTH_STORE",
 ]
 
 
@@ -1249,6 +1250,8 @@ def test_help_server_json_the_dockerfile_and_the_readme_name_the_oauth_settings(
         assert name in dockerfile and name in hosted, name
         assert f"| `{name}` |" in readme, name  # a Configuration row
     assert env["MODELGATES_OAUTH_SECRET"]["isSecret"] is True
+    assert env["MODELGATES_OAUTH_STORE"]["isSecret"] is True  # it may hold the store's password
+    assert "'.[redis]'" in dockerfile  # the image can use a shared store
     assert hosted.index("Sign in with a ModelGates account") < hosted.index("Private or legacy set-ups")
 
 

@@ -59,6 +59,7 @@ MAX_URI_CHARS = 512
 MAX_NAME_CHARS = 100
 CLOCK_SKEW = 60  # seconds a mark outlives what it guards: replicas' clocks may differ by that much
 ENDED_REMEMBERED = 4096  # ended grants each process keeps in memory, for when the store is unreachable
+OPENED_REMEMBERED = 4096  # access tokens each process keeps opened, so that a call need not decrypt its own
 
 # The `resource` form field of the token request being served: the SDK's token handler does not
 # pass it on, and audience binding needs it (RFC 8707). Set by the route for that request only.
@@ -212,6 +213,7 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
         # An ended grant's mark outlives every token of it issued before it ended.
         self.grant_ttl = max(self.refresh_ttl, self.access_ttl) + CLOCK_SKEW
         self._ended: OrderedDict[str, None] = OrderedDict()
+        self._opened: OrderedDict[str, tuple[float, SealedAccessToken]] = OrderedDict()
         self._failed_open_logged_at = -1e9
 
     # ------------------------------------------------------------ clients (RFC 7591)
@@ -400,14 +402,25 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
     async def load_access_token(self, token: str) -> SealedAccessToken | None:
         """An access token sealed by this deployment, unexpired, issued for this server's `/mcp`
         (its audience), of a grant not ended; None for anything else (a raw ModelGates key too)."""
-        data = self.sealer.open("access", token)
-        if data is None or data["resource"] != self.resource:
+        opened = self._opened.get(token)
+        if opened is None or opened[0] <= time.time():
+            data = self.sealer.open("access", token)
+            if data is None or data["resource"] != self.resource:
+                self._opened.pop(token, None)
+                return None
+            exp, grant = data["exp"], data["grant"]
+            access = SealedAccessToken(
+                token=token, client_id=data["client"], expires_at=int(exp), grant=grant, **_granted(data)
+            )
+            opened = (float(exp), access)
+            # Kept opened: the next call with it skips the decryption. Its expiry is checked above on
+            # every call, its grant below, so a cached token is refused exactly when a fresh one is.
+            self._opened[token] = opened
+            while len(self._opened) > OPENED_REMEMBERED:
+                self._opened.popitem(last=False)
+        if await self._grant_ended(opened[1].grant):
             return None
-        if await self._grant_ended(data["grant"]):
-            return None
-        return SealedAccessToken(
-            token=token, client_id=data["client"], expires_at=int(data["exp"]), grant=data["grant"], **_granted(data)
-        )
+        return opened[1]
 
     async def _grant_ended(self, grant: str) -> bool:
         """Whether a grant has ended; while the store cannot be read, only what this process saw."""
