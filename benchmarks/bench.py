@@ -31,7 +31,7 @@ Last, one caller's burst over HTTP with per-caller keys (`MODELGATES_KEY_FROM_CL
 an API stand-in that takes 2.5 s per answer: caller A sends 450 calls at once, caller B 50 a
 moment later; B's success rate (budget: at least 90 %) and latency, and what A got.
 
-    python benchmarks/bench.py             # the full run, about 90 s on 2 cores
+    python benchmarks/bench.py             # the full run, about 4 minutes on 2 cores
     python benchmarks/bench.py --quick     # a few rounds, only to prove it still runs
     python benchmarks/bench.py --check     # exit 1 when a budget line does not hold
 """
@@ -618,10 +618,24 @@ async def run_oauth(
     http = LeanHttp()
     try:
 
-        async def start(name: str, extra: dict[str, str], port: int | None = None) -> HttpContestant:
-            """REPLICAS processes with the same settings (the first on `port`), taking calls in turn."""
-            contestant = HttpContestant(name, [])
-            for replica in range(REPLICAS):
+        def oauth(extra: dict[str, str]) -> tuple[dict[str, str], int]:
+            port = free_port()  # the first replica's; every replica has this public URL: one deployment
+            settings = {
+                "MODELGATES_AUTH": "oauth",
+                "MODELGATES_PUBLIC_URL": f"http://localhost:{port}",
+                "MODELGATES_OAUTH_SECRET": OAUTH_SECRET,
+            }
+            return {**settings, **extra}, port
+
+        plans = [("per-caller keys", {"MODELGATES_KEY_FROM_CLIENT": "1"}, None)]
+        plans.append(("OAuth, memory store", *oauth({})))
+        if store is not None:
+            plans.append(("OAuth, Redis store", *oauth({"MODELGATES_OAUTH_STORE": store})))
+        contestants = [HttpContestant(name, []) for name, _, _ in plans]
+        # REPLICAS processes each, started in turn (one of each, then the next of each), so that
+        # whatever comes with being started first or last falls on every contestant alike.
+        for replica in range(REPLICAS):
+            for contestant, (_, extra, port) in zip(contestants, plans, strict=True):
                 errlog = stack.enter_context(tempfile.TemporaryFile("a+"))  # noqa: SIM115 - the stack closes it
                 env = environment(stand_in.base_url(listener), pycache)
                 del env["MODELGATES_API_KEY"]  # each caller's own key, or each signed-in user's
@@ -630,25 +644,9 @@ async def run_oauth(
                 procs.append(proc)
                 contestant.ports.append(bound)
                 contestant.pids.append(proc.pid)
-            return contestant
-
-        async def oauth(name: str, extra: dict[str, str]) -> HttpContestant:
-            port = free_port()
-            origin = f"http://localhost:{port}"  # every replica's public URL: one deployment
-            settings = {
-                "MODELGATES_AUTH": "oauth",
-                "MODELGATES_PUBLIC_URL": origin,
-                "MODELGATES_OAUTH_SECRET": OAUTH_SECRET,
-            }
-            contestant = await start(name, {**settings, **extra}, port)
-            contestant.authorization = f"Bearer {await sign_in(origin)}"
-            return contestant
-
-        per_caller = await start("per-caller keys", {"MODELGATES_KEY_FROM_CLIENT": "1"})
-        per_caller.authorization = f"Bearer {CALLER_KEY}"
-        contestants = [per_caller, await oauth("OAuth, memory store", {})]
-        if store is not None:
-            contestants.append(await oauth("OAuth, Redis store", {"MODELGATES_OAUTH_STORE": store}))
+        contestants[0].authorization = f"Bearer {CALLER_KEY}"
+        for contestant, (_, _, port) in zip(contestants[1:], plans[1:], strict=True):
+            contestant.authorization = f"Bearer {await sign_in(f'http://localhost:{port}')}"
         await http_phase(http, contestants, replace(rounds, bursts=rounds.sign_in_bursts), sequential=True)
     finally:
         await http.close()
