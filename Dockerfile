@@ -4,8 +4,8 @@
 #     -e MODELGATES_OAUTH_SECRET mcp-modelgates          (sign-in; every replica gets the same secret)
 #   docker run -p 8000:8000 -e MODELGATES_KEY_FROM_CLIENT=1 mcp-modelgates
 # Settings come from the environment (MODELGATES_*, and for sign-in MODELGATES_OAUTH_ACCESS_TTL,
-# MODELGATES_OAUTH_REFRESH_TTL and MODELGATES_OAUTH_STORE); the key, the token, the OAuth secret and
-# the store's password are never baked in. Two replicas beside one Redis (docker compose), the
+# MODELGATES_OAUTH_REFRESH_TTL, MODELGATES_OAUTH_STORE, MODELGATES_OAUTH_CLIENT_DOCUMENTS); the key,
+# the token, the OAuth secret and the store's password are never baked in. Two replicas beside one Redis (docker compose), the
 # balancer with TLS in front sending requests to either one's port 8000:
 #   services:
 #     redis:

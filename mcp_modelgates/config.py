@@ -70,6 +70,9 @@ class Settings:
     # process's memory. A secret (it may hold a password), as is the password on its own.
     oauth_store: SecretStr | None = None
     oauth_store_password: SecretStr | None = None
+    # Client ID Metadata Documents: a client_id that is an https URL is fetched (off for a server
+    # that cannot reach the internet: clients then register dynamically instead)
+    oauth_client_documents: bool = True
 
     @property
     def keys_per_request(self) -> bool:
@@ -322,7 +325,7 @@ def build_parser(version: str) -> argparse.ArgumentParser:
             "MODELGATES_HTTP_TOKEN, MODELGATES_KEY_FROM_CLIENT, MODELGATES_ALLOWED_HOSTS, "
             "MODELGATES_ALLOWED_ORIGINS; for OAuth sign-in (MODELGATES_AUTH=oauth) MODELGATES_PUBLIC_URL, "
             "MODELGATES_OAUTH_SECRET, MODELGATES_OAUTH_ACCESS_TTL, MODELGATES_OAUTH_REFRESH_TTL, "
-            "MODELGATES_OAUTH_STORE. "
+            "MODELGATES_OAUTH_STORE, MODELGATES_OAUTH_CLIENT_DOCUMENTS. "
             "Flags override the environment."
         ),
     )
@@ -504,6 +507,7 @@ OAUTH_SETTINGS = (
     "MODELGATES_OAUTH_ACCESS_TTL",
     "MODELGATES_OAUTH_REFRESH_TTL",
     "MODELGATES_OAUTH_STORE",
+    "MODELGATES_OAUTH_CLIENT_DOCUMENTS",
 )
 MIN_SECRET_CHARS = 32
 
@@ -620,7 +624,11 @@ def _oauth_settings(
             "e.g. https://mcp.example.com"
         )
     store, store_password = _store_url(environ.get("MODELGATES_OAUTH_STORE"))
+    documents = (environ.get("MODELGATES_OAUTH_CLIENT_DOCUMENTS") or "").strip().lower()
+    if documents not in (*_TRUE, *_FALSE):
+        raise ConfigError(f"MODELGATES_OAUTH_CLIENT_DOCUMENTS must be 1 or 0, got {documents!r}")
     return {
+        "oauth_client_documents": documents in ("", *_TRUE),
         "oauth": True,
         "oauth_store": store,
         "oauth_store_password": store_password,

@@ -39,7 +39,7 @@ from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
 from mcp_modelgates import __version__, http_app
 from mcp_modelgates.client import ModelGatesClient
-from mcp_modelgates.config import load_settings
+from mcp_modelgates.config import ConfigError, load_settings
 from mcp_modelgates.oauth.client_documents import (
     FETCH_TIMEOUT,
     MAX_DOCUMENT_BYTES,
@@ -434,10 +434,11 @@ class InProcess:
 
 
 @contextlib.asynccontextmanager
-async def served(api: FakeModelGates, documents: ClientDocuments) -> AsyncIterator[InProcess]:
+async def served(api: FakeModelGates, documents: ClientDocuments, **extra: str) -> AsyncIterator[InProcess]:
     """OAuth mode built in this process with the documents seam, served by uvicorn in a thread."""
     port = free_port()
     env = {
+        **extra,
         "MODELGATES_AUTH": "oauth",
         "MODELGATES_PUBLIC_URL": f"http://localhost:{port}",
         "MODELGATES_OAUTH_SECRET": SECRET,
@@ -605,3 +606,31 @@ async def test_a_document_client_revokes_its_own_tokens(docs: DocumentServer, ap
         revoked = _post(server.origin + "/revoke", data={"token": tokens["refresh_token"], "client_id": url})
         assert revoked.status_code == 200
         assert _post(server.origin + "/mcp", json=listing, headers=headers, timeout=30).status_code == 401
+
+
+async def test_documents_can_be_turned_off_for_a_server_without_internet_access(
+    docs: DocumentServer, api: FakeModelGates
+) -> None:
+    url = docs.document("/off.json")
+    before = len(docs.requests)
+    async with served(api, seam(docs), MODELGATES_OAUTH_CLIENT_DOCUMENTS="0") as server:
+        meta = _get(server.origin + "/.well-known/oauth-authorization-server").json()
+        assert "client_id_metadata_document_supported" not in meta and meta["registration_endpoint"]
+        page = _get(authorize(server.origin, url, CALLBACK))
+        assert page.status_code == 400 and "MODELGATES_OAUTH_CLIENT_DOCUMENTS=0" in page.text
+        token = _post(
+            server.origin + "/token", data={"grant_type": "refresh_token", "refresh_token": "x", "client_id": url}
+        )
+        assert (token.status_code, token.json()["error"]) == (401, "invalid_client")
+    assert len(docs.requests) == before  # nothing was fetched
+
+
+def test_the_documents_setting_is_1_or_0() -> None:
+    env = {"MODELGATES_AUTH": "oauth", "MODELGATES_PUBLIC_URL": "http://localhost:1", "MODELGATES_OAUTH_SECRET": SECRET}
+    assert load_settings(["--transport", "http"], env).oauth_client_documents is True
+    off = load_settings(["--transport", "http"], {**env, "MODELGATES_OAUTH_CLIENT_DOCUMENTS": "0"})
+    assert off.oauth_client_documents is False
+    with pytest.raises(ConfigError, match="MODELGATES_OAUTH_CLIENT_DOCUMENTS must be 1 or 0"):
+        load_settings(["--transport", "http"], {**env, "MODELGATES_OAUTH_CLIENT_DOCUMENTS": "maybe"})
+    with pytest.raises(ConfigError, match="MODELGATES_OAUTH_CLIENT_DOCUMENTS is set but MODELGATES_AUTH"):
+        load_settings(["--transport", "http"], {"MODELGATES_OAUTH_CLIENT_DOCUMENTS": "0"})

@@ -204,6 +204,7 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
         documents: ClientDocuments | None = None,
     ) -> None:
         self.issuer = settings.public_url
+        self.client_documents = settings.oauth_client_documents
         self.documents = documents or ClientDocuments()
         self.resource = settings.public_url + "/mcp"
         self.sealer = sealer or Sealer([s.get_secret_value() for s in settings.oauth_secrets], self.issuer)
@@ -250,6 +251,11 @@ class SealedProvider(OAuthAuthorizationServerProvider[SealedCode, SealedRefreshT
 
     async def document_client(self, url: str) -> DocumentClient:
         """The client whose metadata document `url` is; `ClientDocumentError` saying why not."""
+        if not self.client_documents:
+            raise ClientDocumentError(
+                "this server does not fetch client metadata documents (MODELGATES_OAUTH_CLIENT_DOCUMENTS=0); "
+                "the app must register instead"
+            )
         return client_from_document(url, await self.documents.fetch(url))
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:

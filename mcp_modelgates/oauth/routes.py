@@ -166,7 +166,7 @@ class OAuthServer:
             revocation_endpoint_auth_methods_supported=AUTH_METHODS,
             code_challenge_methods_supported=["S256"],
             authorization_response_iss_parameter_supported=True,
-            client_id_metadata_document_supported=True,
+            client_id_metadata_document_supported=True if settings.oauth_client_documents else None,
         )
         self.authenticator = ClientAuthenticator(self.provider)
         token_handler = TokenHandler(self.provider, self.authenticator)
