@@ -478,6 +478,16 @@ async def http_phase(http: LeanHttp, pairs: list[HttpContestant], rounds: Rounds
                 check(result)
 
 
+async def stop_all(http: LeanHttp, procs: list[asyncio.subprocess.Process]) -> None:
+    """The client's connections closed, then every server process stopped (SIGTERM) and waited for."""
+    await http.close()
+    for proc in procs:
+        if proc.returncode is None:
+            proc.terminate()
+    for proc in procs:
+        await proc.wait()
+
+
 async def run_http(
     stand_in: StandIn, pycache: str, stack: contextlib.ExitStack, rounds: Rounds
 ) -> list[HttpContestant]:
@@ -505,12 +515,7 @@ async def run_http(
         two = HttpContestant("two processes", [port, twin_port], [pid, twin_pid])
         await http_phase(http, [one, two], rounds, sequential=False)
     finally:
-        await http.close()
-        for proc in procs:
-            if proc.returncode is None:
-                proc.terminate()
-        for proc in procs:
-            await proc.wait()
+        await stop_all(http, procs)
     return [project, floor, one, two]
 
 
@@ -649,12 +654,7 @@ async def run_oauth(
             contestant.authorization = f"Bearer {await sign_in(f'http://localhost:{port}')}"
         await http_phase(http, contestants, replace(rounds, bursts=rounds.sign_in_bursts), sequential=True)
     finally:
-        await http.close()
-        for proc in procs:
-            if proc.returncode is None:
-                proc.terminate()
-        for proc in procs:
-            await proc.wait()
+        await stop_all(http, procs)
     return contestants
 
 

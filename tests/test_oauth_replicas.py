@@ -19,6 +19,7 @@ import anyio
 import httpx
 import pytest
 
+import tests.redis_server
 from mcp_modelgates.oauth.redis_store import namespace
 from tests import test_http
 from tests.browser import Browser
@@ -50,13 +51,7 @@ def _remember_minted_keys(api: FakeModelGates) -> Iterator[None]:
     MINTED.extend(api.minted)
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+redis_server = tests.redis_server.redis_server  # one per module
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,14 @@ import logging
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
 
+import tests.redis_server
 from mcp_modelgates.config import ConfigError, load_settings
 from mcp_modelgates.oauth.redis_store import QUIET_AFTER_FAILURE, RedisStore, namespace, probe
 from mcp_modelgates.oauth.store import MemoryStore, OnceStore, StoreUnavailable
@@ -31,13 +32,7 @@ SECRET = "oauth-test-secret-" + "5f2c9a81d3e74b06" * 2
 PASSWORD = "redis-pass-" + "9c1e" * 6
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+redis_server = tests.redis_server.redis_server  # one per module
 
 
 @asynccontextmanager
