@@ -111,7 +111,7 @@ def _oauth_error(status: int, error: str, description: str, **headers: str) -> R
 
 
 def _store_down(exc: StoreUnavailable) -> Response:
-    logger.warning("a token request failed closed: the store is unreachable (%s)", exc)
+    logger.warning("a token or revocation request failed closed: the store is unreachable (%s)", exc)
     return _oauth_error(
         503,
         "temporarily_unavailable",
