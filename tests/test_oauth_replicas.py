@@ -124,6 +124,10 @@ def status_on(server: HttpServer, access_token: str, body: Any = None) -> int:
     return httpx.post(f"http://localhost:{server.port}/mcp", json=payload, headers=headers, timeout=30).status_code
 
 
+def healthz(server: HttpServer) -> int:
+    return httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=30).status_code
+
+
 def tool_call_works(server: HttpServer, access_token: str) -> bool:
     headers = {"accept": "application/json, text/event-stream", "authorization": f"Bearer {access_token}"}
     url = f"http://localhost:{server.port}/mcp"
@@ -249,6 +253,8 @@ async def test_the_store_going_away_fails_sign_in_and_tokens_closed_keeps_access
         for server in (a, b):
             # Tool calls with a valid access token keep working: only revocations cannot be read.
             assert tool_call_works(server, tokens["access_token"])
+            # Still in service: a balancer taking every replica out would stop those calls too.
+            assert healthz(server) == 200
             # A grant this replica saw ended stays refused, from its own memory.
             assert status_on(server, gone_tokens["access_token"]) == 401
             # Everything that needs a mark fails closed, saying so.
@@ -324,6 +330,8 @@ def test_no_minted_key_secret_or_token_in_any_log_line(replicas: dict[str, HttpS
         log = server.stderr
         assert "shared store redis://127.0.0.1:" in log, name
         assert "is unreachable" in log and "reachable again" in log, name  # the outage, said once each way
+        # What it means for access tokens, at most one line per 30 s however many calls came meanwhile.
+        assert 1 <= log.count("revocations cannot be read") <= 2, name
         assert SECRET not in log and KEY_PREFIX not in log, name
         assert not [form for key in MINTED for form in encodings(key) if form in log], name
         assert not [t for t in TOKENS if t[:24] in log], name
