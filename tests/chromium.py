@@ -113,6 +113,7 @@ class Chromium:
     def screenshot(self, name: str) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / name
+        path.unlink(missing_ok=True)  # a shot from an earlier run proves nothing
         assert self.driver.save_screenshot(str(path)), path
         return path
 

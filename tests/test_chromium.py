@@ -182,6 +182,7 @@ async def test_sign_in_through_chromium_then_a_call_with_the_users_own_key(
     def in_the_browser(url: str) -> None:
         approve_on_consent_page(browser, server, url, screenshot="consent-page.png")
         assert ARTIFACTS.joinpath("consent-page.png").stat().st_size > 0
+        seen["consent_text"] = browser.text()
         browser.wait_for_url(api.origin + "/auth?")
         seen["while_at_modelgates"] = cookies_of(browser, "localhost")
         browser.click("#approve")
@@ -217,6 +218,9 @@ async def test_sign_in_through_chromium_then_a_call_with_the_users_own_key(
 
     assert [t.name for t in tools.tools] == API_TOOLS
     assert created.is_error is False, text_of(created)
+    # The page named the app (as unverified) and where the user goes back to.
+    assert "Chromium test app (the name the app gave itself; not verified)" in seen["consent_text"]
+    assert f"You are then sent back to {urlsplit(app.origin).netloc}." in seen["consent_text"]
     (back,) = app.received
     assert set(back) == {"code", "state", "iss"} and back["iss"] == public(server)
     # The consent cookie (CSRF) is Strict; the sign-in cookie is Lax and was sent back across sites,
