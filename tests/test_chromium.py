@@ -145,13 +145,16 @@ def sign_in_url(server: HttpServer, app: AppListener) -> str:
     return authorize_url(server, client, secrets.token_urlsafe(32))
 
 
-def approve_on_consent_page(browser: Chromium, server: HttpServer, url: str, screenshot: str = "") -> None:
+def approve_on_consent_page(browser: Chromium, server: HttpServer, url: str, screenshot: str = "") -> str:
+    """Open the consent page and click Approve; its text as shown."""
     browser.open(url)
     browser.wait_for_url(public(server) + "/authorize")
-    assert "Connect your ModelGates account" in browser.text()
+    shown = browser.text()
+    assert "Connect your ModelGates account" in shown
     if screenshot:
         browser.screenshot(screenshot)
     browser.click('button[value="approve"]')
+    return shown
 
 
 def approve_on_modelgates(browser: Chromium, api: FakeModelGates) -> None:
@@ -180,9 +183,8 @@ async def test_sign_in_through_chromium_then_a_call_with_the_users_own_key(
     seen: dict[str, Any] = {}
 
     def in_the_browser(url: str) -> None:
-        approve_on_consent_page(browser, server, url, screenshot="consent-page.png")
+        seen["consent_text"] = approve_on_consent_page(browser, server, url, screenshot="consent-page.png")
         assert ARTIFACTS.joinpath("consent-page.png").stat().st_size > 0
-        seen["consent_text"] = browser.text()
         browser.wait_for_url(api.origin + "/auth?")
         seen["while_at_modelgates"] = cookies_of(browser, "localhost")
         browser.click("#approve")
@@ -299,7 +301,8 @@ def test_a_consent_form_posted_from_another_site_is_refused(
     browser.open(app.origin + "/attack")
     browser.click("#go")
     browser.wait_for_url(public(server) + "/consent")
-    assert "Refused" in browser.text()
+    # Refused for its origin, the first check (the browser sent no Strict cookie either).
+    assert "This form can only be sent from this server's own consent page." in browser.text()
     assert reached(api) == [] and app.received == []
 
 
