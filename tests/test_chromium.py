@@ -35,8 +35,8 @@ from mcp_modelgates.server import build_server
 from tests.chromium import ARTIFACTS, MISSING, Chromium
 from tests.conftest import API_KEY
 from tests.fake_api import FakeModelGates
-from tests.test_http import HttpServer, free_port, start_server
-from tests.test_oauth import API_TOOLS, CALLBACK, MemoryStorage, authorize_url, oauth_env, register, text_of
+from tests.test_http import HttpServer
+from tests.test_oauth import API_TOOLS, CALLBACK, MemoryStorage, authorize_url, register, start_oauth_server, text_of
 
 if MISSING:  # one skip for the whole module: one line in the summary
     pytest.skip(f"no real browser: {MISSING}", allow_module_level=True)
@@ -121,8 +121,7 @@ def _fresh_stand_in(api: FakeModelGates) -> None:
 
 @pytest.fixture(scope="module")
 def server(api: FakeModelGates) -> Iterator[HttpServer]:
-    port = free_port()
-    started = start_server(oauth_env(api, f"http://localhost:{port}"), port=port)
+    started = start_oauth_server(api)
     yield started
     assert started.stop() == 0
     for key in api.minted:

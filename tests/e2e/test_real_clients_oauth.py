@@ -36,30 +36,22 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+from tests import test_http
 from tests.browser import Browser, Page
-from tests.conftest import API_KEY
 from tests.e2e.test_real_clients import E2E, NAME, TIMEOUT, client_env, explain, node_bin, run
 from tests.fake_api import FakeModelGates
-from tests.test_http import HttpServer, free_port, start_server
-from tests.test_oauth import API_TOOLS, CALLBACK, oauth_env
+from tests.test_http import HttpServer, free_port
+from tests.test_oauth import API_TOOLS, CALLBACK, start_oauth_server
 
-__all__ = ["node_bin"]  # a fixture, imported to be found here
+__all__ = ["node_bin"]  # a fixture, imported to be found here (and `api`, `_fresh_stand_in` below)
 
 pytestmark = pytest.mark.anyio
 MAX_OUTPUT = 1 << 20  # bytes kept of a client's terminal output
 
 
-@pytest.fixture(scope="module")
-def api() -> Iterator[FakeModelGates]:
-    with FakeModelGates(api_key=API_KEY) as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _fresh_stand_in(api: FakeModelGates) -> None:
-    api.clear()
-
-
+# The HTTP tests' stand-in fixtures: one per module, reset before each test.
+api = test_http.api
+_fresh_stand_in = test_http._fresh_stand_in
 MINTED: list[str] = []
 
 
@@ -71,8 +63,7 @@ def _remember_minted_keys(api: FakeModelGates) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def server(api: FakeModelGates) -> Iterator[HttpServer]:
-    port = free_port()
-    started = start_server(oauth_env(api, f"http://localhost:{port}"), port=port)
+    started = start_oauth_server(api)
     yield started
     assert started.stop() == 0
     leaked = [key for key in MINTED if key in started.stderr]
