@@ -215,6 +215,7 @@ def test_claude_code_needs_authentication_then_logs_in_and_offers_the_tools(
     offered = {t for t in init["tools"] if t.startswith(f"mcp__{NAME}__")}
     assert offered == {f"mcp__{NAME}__{tool}" for tool in API_TOOLS}  # no connect_account with sign-in
     (minted,) = api.minted
+    assert "mcpOAuth" in json.loads((home / ".claude" / ".credentials.json").read_text())  # where its tokens are
     assert holds_no_minted_key(home, api) and minted not in login
 
 
@@ -253,4 +254,5 @@ async def test_mcp_remote_signs_in_and_proxies_a_tool_call_with_the_users_key(
     assert created.is_error is False, created.content
     (minted,) = api.minted
     assert upstream_keys(api) == [f"Bearer {minted}"]
+    assert list((home / ".mcp-auth").rglob("*_tokens.json"))  # where its tokens are
     assert holds_no_minted_key(home, api) and minted not in log.read_text()
