@@ -1,7 +1,9 @@
 """A real HTTP server on 127.0.0.1 standing in for the ModelGates API in tests and benchmarks.
 
 By default it behaves like ModelGates for the two PKCE operations and the approval page (`GET /auth`
-on the origin approves at once and redirects to the callback with a code): `POST /auth/keys/code` issues
+on the origin approves at once and redirects to the callback with a code; with `approval_page` it
+shows a page whose **Approve on ModelGates** form posts to `/auth/approve`, which redirects the same
+way, so that a real browser comes back to the callback by a navigation this site started): `POST /auth/keys/code` issues
 a code bound to its challenge (requires a bearer key: the configured one, or one it minted and did not
 `revoke`), `POST /auth/keys` checks the verifier against that challenge and mints a new key (kept in
 `minted`), and codes are single-use and expire after `code_ttl` seconds. Tests can
@@ -19,6 +21,7 @@ import argparse
 import base64
 import contextlib
 import hashlib
+import html
 import json
 import secrets
 import socket
@@ -28,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -91,8 +94,10 @@ class FakeModelGates:
         prefix: str = "/api/v1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        approval_page: bool = False,
     ) -> None:
         self.api_key = api_key
+        self.approval_page = approval_page
         self.code_ttl = code_ttl
         self.prefix = prefix
         self.requests: list[Recorded] = []
@@ -182,7 +187,9 @@ class FakeModelGates:
 
     def _default(self, rec: Recorded) -> Reply:
         if rec.method == "GET" and urlsplit(rec.path).path == "/auth":
-            return self._approve(rec)
+            return self._approval_page(rec) if self.approval_page else self._approve(rec)
+        if rec.method == "POST" and rec.path == "/auth/approve":  # the approval page's form
+            return self._approve(replace(rec, path="/auth?" + rec.body.decode()))
         if rec.method != "POST":
             return Reply(405, error_body(405, "Method not allowed"))
         try:
@@ -227,6 +234,19 @@ class FakeModelGates:
                 self.minted.append(key)
             return Reply(200, {"key": key, "user_id": "user_2abc"})
         return Reply(404, error_body(404, "Not found"))
+
+    def _approval_page(self, rec: Recorded) -> Reply:
+        """The approval page a person sees: one button, posting the request's parameters back."""
+        fields = "".join(
+            f'<input type="hidden" name="{html.escape(name)}" value="{html.escape(values[0])}">'
+            for name, values in parse_qs(urlsplit(rec.path).query).items()
+        )
+        page = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ModelGates: approve</title></head>'
+            f'<body><h1>Approve a new key</h1><form method="post" action="/auth/approve">{fields}'
+            '<button type="submit" id="approve">Approve on ModelGates</button></form></body></html>'
+        )
+        return Reply(200, body=page.encode(), headers={"Content-Type": "text/html; charset=utf-8"})
 
     def _approve(self, rec: Recorded) -> Reply:
         """The approval page, approved at once: 302 to callback_url with a code bound to the challenge."""

@@ -74,6 +74,12 @@ def oauth_env(api: FakeModelGates, public_url: str, level: str = "DEBUG", **extr
     }
 
 
+def start_oauth_server(api: FakeModelGates) -> HttpServer:
+    """One process in OAuth mode whose public URL is its own port on `localhost`."""
+    port = free_port()
+    return start_server(oauth_env(api, f"http://localhost:{port}"), port=port)
+
+
 @pytest.fixture(scope="module")
 def servers(api: FakeModelGates) -> Iterator[dict[str, HttpServer]]:
     started: dict[str, HttpServer] = {}

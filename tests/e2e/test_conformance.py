@@ -12,7 +12,9 @@ in neither list (say, one a newer suite adds) fails the test until someone class
 The suite sends no Authorization header of its own, so a small forwarding proxy on 127.0.0.1 adds
 the key mode's header to each request, as a client configured with that header would, and changes
 nothing else (Host and Origin pass through, so the DNS-rebinding scenario still reaches the
-server's checks). A new key mode (say, sign-in tokens) is one more KEY_MODES entry.
+server's checks). In OAuth mode (MODELGATES_AUTH=oauth) that header is an access token the server
+issued: the test browser (tests/browser.py) signs in once, through the consent page and the
+ModelGates stand-in, before the suite runs. A new key mode is one more KEY_MODES entry.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from tests.conftest import API_KEY
 from tests.e2e.test_coding_agents import agents_bin  # the switch, and the install of the larger set
 from tests.e2e.test_real_clients import explain
 from tests.fake_api import FakeModelGates
-from tests.test_http import HttpServer, start_server
+from tests.test_http import HttpServer, free_port, start_server
+from tests.test_oauth import oauth_env, tokens_for
 
 __all__ = ["agents_bin"]  # a fixture, imported to be found here
 
@@ -44,23 +48,30 @@ REQUIREMENTS = ("2025-11-25", "2026-07-28")
 
 @dataclass(frozen=True)
 class KeyMode:
-    env: Callable[[FakeModelGates], dict[str, str]]  # the server's settings
-    authorization: str  # what each request carries
+    env: Callable[[FakeModelGates, int], dict[str, str]]  # the server's settings, given its port
+    authorization: Callable[[HttpServer], str]  # what each request carries, once the server runs
+
+
+def signed_in(server: HttpServer) -> str:
+    """Sign in once as a user would (register, consent, ModelGates, callback, /token): the access token."""
+    _, tokens = anyio.run(tokens_for, server)
+    return f"Bearer {tokens['access_token']}"
 
 
 KEY_MODES = {
     "shared-key-with-token": KeyMode(
-        lambda api: {
+        lambda api, port: {
             "MODELGATES_API_KEY": API_KEY,
             "MODELGATES_BASE_URL": api.base_url,
             "MODELGATES_HTTP_TOKEN": TOKEN,
         },
-        f"Bearer {TOKEN}",
+        lambda server: f"Bearer {TOKEN}",
     ),
     "per-caller-keys": KeyMode(
-        lambda api: {"MODELGATES_KEY_FROM_CLIENT": "1", "MODELGATES_BASE_URL": api.base_url},
-        f"Bearer {API_KEY}",
+        lambda api, port: {"MODELGATES_KEY_FROM_CLIENT": "1", "MODELGATES_BASE_URL": api.base_url},
+        lambda server: f"Bearer {API_KEY}",
     ),
+    "oauth-sign-in": KeyMode(lambda api, port: oauth_env(api, f"http://localhost:{port}", level="INFO"), signed_in),
 }
 
 STATELESS = "the server is stateless by design (no Mcp-Session-Id), which the suite reports as a warning"
@@ -168,8 +179,8 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
 class AuthProxy:
     """Forwards each request on 127.0.0.1 to the server with `authorization` added, otherwise as sent."""
 
-    def __init__(self, authorization: str) -> None:
-        self.authorization = authorization
+    def __init__(self) -> None:
+        self.authorization = ""
         self.upstream = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
         self._server.daemon_threads = True
@@ -289,16 +300,19 @@ def api() -> Iterator[FakeModelGates]:
 def served(request: pytest.FixtureRequest, api: FakeModelGates) -> Iterator[tuple[str, AuthProxy]]:
     """The server in one key mode, behind the proxy that adds that mode's Authorization header."""
     mode = KEY_MODES[request.param]
-    with AuthProxy(mode.authorization) as proxy:
+    with AuthProxy() as proxy:
         # the suite sends the Origin of the URL it was given: the proxy's
-        env = {**mode.env(api), "MODELGATES_ALLOWED_ORIGINS": f"http://127.0.0.1:{proxy.port}"}
-        server: HttpServer = start_server(env)
-        proxy.upstream = server.port
+        port = free_port()
+        env = {**mode.env(api, port), "MODELGATES_ALLOWED_ORIGINS": f"http://127.0.0.1:{proxy.port}"}
+        server: HttpServer = start_server(env, port=port)
         try:
+            proxy.authorization = mode.authorization(server)
+            proxy.upstream = server.port
             yield request.param, proxy
         finally:
             assert server.stop() == 0
-        assert API_KEY not in server.stderr and TOKEN not in server.stderr
+        for secret in (API_KEY, TOKEN, *api.minted):
+            assert secret not in server.stderr
 
 
 @pytest.mark.parametrize("revision", REQUIREMENTS)
