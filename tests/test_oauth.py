@@ -75,9 +75,13 @@ def oauth_env(api: FakeModelGates, public_url: str, level: str = "DEBUG", **extr
 
 
 def start_oauth_server(api: FakeModelGates) -> HttpServer:
-    """One process in OAuth mode whose public URL is its own port on `localhost`."""
+    """One process in OAuth mode whose public URL is its own port on `localhost`, for the real
+    clients. Without Client ID Metadata Documents: offered them, Claude Code names itself by its
+    document on claude.ai, which the server would have to look up and fetch from the internet; the
+    tests reach nothing but this machine, so clients register dynamically (documents are tested in
+    test_oauth_cimd.py, served from loopback through the in-process seam)."""
     port = free_port()
-    return start_server(oauth_env(api, f"http://localhost:{port}"), port=port)
+    return start_server(oauth_env(api, f"http://localhost:{port}", MODELGATES_OAUTH_CLIENT_DOCUMENTS="0"), port=port)
 
 
 @pytest.fixture(scope="module")
