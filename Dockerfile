@@ -3,8 +3,23 @@
 #   docker run -p 8000:8000 -e MODELGATES_AUTH=oauth -e MODELGATES_PUBLIC_URL=https://mcp.example.com \
 #     -e MODELGATES_OAUTH_SECRET mcp-modelgates          (sign-in; every replica gets the same secret)
 #   docker run -p 8000:8000 -e MODELGATES_KEY_FROM_CLIENT=1 mcp-modelgates
-# Settings come from the environment (MODELGATES_*, and for sign-in MODELGATES_OAUTH_ACCESS_TTL and
-# MODELGATES_OAUTH_REFRESH_TTL); the key, the token and the OAuth secret are never baked in.
+# Settings come from the environment (MODELGATES_*, and for sign-in MODELGATES_OAUTH_ACCESS_TTL,
+# MODELGATES_OAUTH_REFRESH_TTL, MODELGATES_OAUTH_STORE, MODELGATES_OAUTH_CLIENT_DOCUMENTS); the key,
+# the token, the OAuth secret and the store's password are never baked in. Two replicas beside one Redis (docker compose), the
+# balancer with TLS in front sending requests to either one's port 8000:
+#   services:
+#     redis:
+#       image: redis:7
+#       command: ["redis-server", "--appendonly", "yes", "--maxmemory-policy", "noeviction"]
+#     mcp-1: &replica
+#       image: mcp-modelgates
+#       environment:
+#         MODELGATES_AUTH: oauth
+#         MODELGATES_PUBLIC_URL: https://mcp.example.com
+#         MODELGATES_OAUTH_SECRET: ${MODELGATES_OAUTH_SECRET}
+#         MODELGATES_OAUTH_STORE: redis://redis:6379/0
+#       depends_on: [redis]
+#     mcp-2: *replica
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,7 +30,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md LICENSE ./
 COPY mcp_modelgates ./mcp_modelgates
-RUN pip install --no-compile . && rm -rf /app/*
+# With the redis extra: replicas share their single-use facts through MODELGATES_OAUTH_STORE.
+RUN pip install --no-compile '.[redis]' && rm -rf /app/*
 
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin modelgates
 USER modelgates

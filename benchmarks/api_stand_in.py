@@ -7,12 +7,15 @@ the benchmark's client. Every accepted socket gets TCP_NODELAY: without it, Nagl
 and delayed ACKs turn each small answer into a ~40 ms wait and the benchmark measures nothing.
 
 It listens on one port per contestant so that connections can be counted per contestant.
+With `--open N`, N more ports accept any bearer key (per-caller and sign-in contestants bring keys
+of their own) and also play ModelGates' side of a sign-in: `GET /auth` approves at once, sending
+the browser to its `callback_url` with a code, and `POST {prefix}/auth/keys` mints a key for it.
 With `--slow SECONDS`, one more port (the last) answers after SECONDS and accepts any bearer
 key: the slow API of the per-caller burst, where callers bring keys of their own.
 Protocol on its pipes: the first stdout line is `{"ports": [...]}`; then each stdin line
 `stats` is answered with one JSON line of per-port counts, `reset` zeroes them, EOF stops it.
 
-    python benchmarks/api_stand_in.py --listeners 3 --api-key sk-bench [--slow 2.5]
+    python benchmarks/api_stand_in.py --listeners 3 --api-key sk-bench [--open 1] [--slow 2.5]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import itertools
 import json
 import socket
 import sys
+from urllib.parse import parse_qs, urlsplit
 
 PREFIX = "/api/v1"
 _CODES = itertools.count(1)
@@ -40,6 +44,17 @@ def _response(status: int, reason: str, payload: object) -> bytes:
 
 def _error(status: int, reason: str, message: str) -> bytes:
     return _response(status, reason, {"error": {"code": status, "message": message, "metadata": None}, "user_id": None})
+
+
+def _sign_in(method: str, path: str, body: bytes) -> bytes | None:
+    """ModelGates' side of a sign-in, for the open ports: approval at once, then a minted key."""
+    if method == "GET" and path.startswith("/auth?"):
+        callback = parse_qs(urlsplit(path).query).get("callback_url", [""])[0]
+        location = f"{callback}{'&' if '?' in callback else '?'}code=auth_code_{next(_CODES)}"
+        return f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode()
+    if method == "POST" and path == PREFIX + "/auth/keys":
+        return _response(200, "OK", {"key": f"sk-bench-minted-{next(_CODES)}", "user_id": "user_bench"})
+    return None
 
 
 class Counts:
@@ -101,6 +116,10 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
     def _answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        if self._authorization is None and not self._delay:
+            signed_in = _sign_in(method, path, body)
+            if signed_in is not None:
+                return signed_in
         if method != "POST" or path != PREFIX + "/auth/keys/code":
             return _error(404, "Not Found", "Not found")
         authorization = headers.get("authorization", "")
@@ -117,13 +136,15 @@ class _Connection(asyncio.Protocol):
         return _response(200, "OK", {"data": code})
 
 
-async def _serve(listeners: int, api_key: str, slow: float) -> None:
+async def _serve(listeners: int, api_key: str, open_ports: int, slow: float) -> None:
     loop = asyncio.get_running_loop()
-    counts = Counts(listeners + (1 if slow else 0))
+    counts = Counts(listeners + open_ports + (1 if slow else 0))
     servers = []
     for index in range(len(counts.connections)):
         if index < listeners:
             factory = functools.partial(_Connection, counts, index, f"Bearer {api_key}")
+        elif index < listeners + open_ports:
+            factory = functools.partial(_Connection, counts, index, None)
         else:
             factory = functools.partial(_Connection, counts, index, None, slow)
         servers.append(await loop.create_server(factory, "127.0.0.1", 0, backlog=1024))
@@ -147,9 +168,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listeners", type=int, default=1, help="how many ports to listen on (one per contestant)")
     parser.add_argument("--api-key", default="sk-bench", help="the bearer key the stand-in accepts")
+    parser.add_argument("--open", type=int, default=0, help="add N fast ports taking any key, with sign-in")
     parser.add_argument("--slow", type=float, default=0.0, help="add a port answering after SECONDS, any key")
     args = parser.parse_args()
-    asyncio.run(_serve(args.listeners, args.api_key, args.slow))
+    asyncio.run(_serve(args.listeners, args.api_key, args.open, args.slow))
 
 
 if __name__ == "__main__":

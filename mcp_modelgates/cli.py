@@ -93,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.transport == "http":
         from mcp_modelgates.http_app import serve_http  # imported only on this path
 
-        return serve_http(settings, source)
+        try:
+            return serve_http(settings, source)
+        except ConfigError as exc:  # found only now (the shared store), still before anything listens
+            print(f"mcp-modelgates: {exc}", file=sys.stderr)
+            return 2
     server = build_server(settings)
     logger.info("mcp-modelgates %s serving on stdio; API %s; key %s", __version__, settings.base_url, source)
     with suppress(KeyboardInterrupt):

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from pydantic import SecretStr
 
@@ -66,6 +66,13 @@ class Settings:
     oauth_secrets: tuple[SecretStr, ...] = ()  # the first seals, every one opens
     oauth_access_ttl: int = DEFAULT_OAUTH_ACCESS_TTL
     oauth_refresh_ttl: int = DEFAULT_OAUTH_REFRESH_TTL
+    # MODELGATES_OAUTH_STORE: a redis:// or rediss:// URL shared by the replicas; None is this
+    # process's memory. A secret (it may hold a password), as is the password on its own.
+    oauth_store: SecretStr | None = None
+    oauth_store_password: SecretStr | None = None
+    # Client ID Metadata Documents: a client_id that is an https URL is fetched (off for a server
+    # that cannot reach the internet: clients then register dynamically instead)
+    oauth_client_documents: bool = True
 
     @property
     def keys_per_request(self) -> bool:
@@ -92,7 +99,7 @@ class Settings:
 
         The plain forms are derived here on each call rather than kept in a field, so that
         `dataclasses.asdict(settings)` or `vars(settings)` cannot reveal them."""
-        held = (self.api_key, self.http_token, _caller_key.get(), *self.oauth_secrets)
+        held = (self.api_key, self.http_token, _caller_key.get(), *self.oauth_secrets, self.oauth_store_password)
         raws = [s.get_secret_value() for s in held if s is not None]
         for raw in raws:
             for plain in sorted({raw, raw.removeprefix("Bearer ").strip()}, key=len, reverse=True):
@@ -317,7 +324,8 @@ def build_parser(version: str) -> argparse.ArgumentParser:
             "--transport http also MODELGATES_TRANSPORT, MODELGATES_HOST, MODELGATES_PORT, "
             "MODELGATES_HTTP_TOKEN, MODELGATES_KEY_FROM_CLIENT, MODELGATES_ALLOWED_HOSTS, "
             "MODELGATES_ALLOWED_ORIGINS; for OAuth sign-in (MODELGATES_AUTH=oauth) MODELGATES_PUBLIC_URL, "
-            "MODELGATES_OAUTH_SECRET, MODELGATES_OAUTH_ACCESS_TTL, MODELGATES_OAUTH_REFRESH_TTL. "
+            "MODELGATES_OAUTH_SECRET, MODELGATES_OAUTH_ACCESS_TTL, MODELGATES_OAUTH_REFRESH_TTL, "
+            "MODELGATES_OAUTH_STORE, MODELGATES_OAUTH_CLIENT_DOCUMENTS. "
             "Flags override the environment."
         ),
     )
@@ -498,6 +506,8 @@ OAUTH_SETTINGS = (
     "MODELGATES_OAUTH_SECRET",
     "MODELGATES_OAUTH_ACCESS_TTL",
     "MODELGATES_OAUTH_REFRESH_TTL",
+    "MODELGATES_OAUTH_STORE",
+    "MODELGATES_OAUTH_CLIENT_DOCUMENTS",
 )
 MIN_SECRET_CHARS = 32
 
@@ -527,6 +537,45 @@ def _oauth_secrets(value: str | None) -> tuple[SecretStr, ...]:
             "ASCII characters each, without spaces"
         )
     return tuple(SecretStr(item) for item in items)
+
+
+STORE_SCHEMES = ("redis", "rediss")
+
+
+def _store_url(value: str | None) -> tuple[SecretStr | None, SecretStr | None]:
+    """MODELGATES_OAUTH_STORE as (the URL, its password), both secret; (None, None) when unset.
+
+    Only what this server reads from it: scheme, user info, host, port and a database number. A
+    query is refused, since the client library would take any name in it as a connection option,
+    `ssl_cert_reqs=none` (no TLS check) among them. Never echoed: it may hold a password."""
+    if value is None or not value.strip():
+        return None, None
+    url = value.strip()
+    setting = "MODELGATES_OAUTH_STORE"
+    example = "redis://host:6379/0 or rediss://host:6380/0"
+    if not HEADER_SAFE.fullmatch(url):
+        raise ConfigError(f"{setting} must be a URL without spaces or control characters ({example})")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(f"{setting} is not a valid URL ({example})") from None
+    if parts.scheme.lower() not in STORE_SCHEMES or not host:
+        raise ConfigError(f"{setting} must be a redis:// or rediss:// (TLS) URL with a host ({example})")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ConfigError(f"{setting} takes no query or fragment: connection options are this server's ({example})")
+    if parts.path not in ("", "/") and not re.fullmatch(r"/[0-9]{1,5}", parts.path):
+        raise ConfigError(f"{setting}'s path must be a database number, as in {example}")
+    password = unquote(parts.password) if parts.password else None
+    return SecretStr(url), (SecretStr(password) if password else None)
+
+
+def store_location(url: str) -> str:
+    """The store's URL without its user info, for logs and messages."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def _whole_seconds(value: str | None, setting: str, default: int) -> int:
@@ -574,8 +623,15 @@ def _oauth_settings(
             "MODELGATES_PUBLIC_URL is required with MODELGATES_AUTH=oauth: the origin clients reach, "
             "e.g. https://mcp.example.com"
         )
+    store, store_password = _store_url(environ.get("MODELGATES_OAUTH_STORE"))
+    documents = (environ.get("MODELGATES_OAUTH_CLIENT_DOCUMENTS") or "").strip().lower()
+    if documents not in (*_TRUE, *_FALSE):
+        raise ConfigError(f"MODELGATES_OAUTH_CLIENT_DOCUMENTS must be 1 or 0, got {documents!r}")
     return {
+        "oauth_client_documents": documents in ("", *_TRUE),
         "oauth": True,
+        "oauth_store": store,
+        "oauth_store_password": store_password,
         "public_url": check_public_url(public),
         "oauth_secrets": _oauth_secrets(environ.get("MODELGATES_OAUTH_SECRET")),
         "oauth_access_ttl": _whole_seconds(

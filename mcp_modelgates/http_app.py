@@ -44,11 +44,19 @@ from starlette.types import Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mcp_modelgates import __version__
-from mcp_modelgates.config import HEADER_SAFE, Settings, caller_key_for_request, is_loopback
+from mcp_modelgates.config import (
+    HEADER_SAFE,
+    ConfigError,
+    Settings,
+    caller_key_for_request,
+    is_loopback,
+    store_location,
+)
 from mcp_modelgates.server import SERVER_NAME, build_server
 
 if TYPE_CHECKING:
     from mcp_modelgates.oauth.routes import OAuthServer
+    from mcp_modelgates.oauth.store import OnceStore
 
 logger = logging.getLogger("mcp_modelgates")
 
@@ -362,7 +370,12 @@ class _QueryOmitted(logging.Filter):
 
 def describe(settings: Settings, key_source: str) -> str:
     if settings.oauth:
-        return f"each signed-in user's own key (OAuth sign-in, issuer {settings.public_url})"
+        store = (
+            f"shared store {store_location(settings.oauth_store.get_secret_value())}"
+            if settings.oauth_store is not None
+            else "single-use facts in this process's memory"
+        )
+        return f"each signed-in user's own key (OAuth sign-in, issuer {settings.public_url}; {store})"
     if settings.key_from_client:
         return "each caller's own key (Authorization: Bearer <ModelGates key>)"
     mode = f"shared key {key_source}"
@@ -396,15 +409,34 @@ def uvicorn_config(app: ModelGatesHttpApp, host: str, port: int, cap: int) -> uv
     )
 
 
+def shared_store(settings: Settings) -> OnceStore:
+    """The store MODELGATES_OAUTH_STORE names, once it has answered a write; `ConfigError` (one line
+    naming the setting, never its password) when its client is not installed or it cannot be used."""
+    assert settings.oauth_store is not None
+    url = settings.oauth_store.get_secret_value()
+    try:
+        from mcp_modelgates.oauth.redis_store import RedisStore, probe  # imported only in this mode
+    except ImportError:
+        raise ConfigError(
+            "MODELGATES_OAUTH_STORE needs the Redis client: pip install 'mcp-modelgates[redis]'"
+        ) from None
+    problem = asyncio.run(probe(url, settings.public_url))  # its own loop and client, closed after
+    if problem is not None:
+        raise ConfigError(f"MODELGATES_OAUTH_STORE {store_location(url)} cannot be used: {problem}")
+    return RedisStore(url, settings.public_url)
+
+
 def serve_http(settings: Settings, key_source: str) -> int:
-    """Serve until SIGTERM/SIGINT; then in-flight calls get GRACEFUL_SECONDS to finish, and exit 0."""
+    """Serve until SIGTERM/SIGINT; then in-flight calls get GRACEFUL_SECONDS to finish, and exit 0.
+    Raises `ConfigError` before anything listens when the shared store cannot be used."""
     mcp_server = build_server(settings)  # connect_account where server.offers_connect says
     oauth: OAuthServer | None = None
     if settings.oauth:
         from mcp_modelgates.client import ModelGatesClient
         from mcp_modelgates.oauth.routes import OAuthServer  # imported only in this mode
 
-        oauth = OAuthServer(settings, ModelGatesClient(settings, f"{SERVER_NAME}/{__version__}"))
+        store = shared_store(settings) if settings.oauth_store is not None else None
+        oauth = OAuthServer(settings, ModelGatesClient(settings, f"{SERVER_NAME}/{__version__}"), store)
         logging.getLogger("uvicorn.access").addFilter(_QueryOmitted(oauth.paths))
     app = ModelGatesHttpApp(settings, mcp_server, oauth)
     if settings.log_level != "DEBUG":

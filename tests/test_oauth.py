@@ -75,9 +75,13 @@ def oauth_env(api: FakeModelGates, public_url: str, level: str = "DEBUG", **extr
 
 
 def start_oauth_server(api: FakeModelGates) -> HttpServer:
-    """One process in OAuth mode whose public URL is its own port on `localhost`."""
+    """One process in OAuth mode whose public URL is its own port on `localhost`, for the real
+    clients. Without Client ID Metadata Documents: offered them, Claude Code names itself by its
+    document on claude.ai, which the server would have to look up and fetch from the internet; the
+    tests reach nothing but this machine, so clients register dynamically (documents are tested in
+    test_oauth_cimd.py, served from loopback through the in-process seam)."""
     port = free_port()
-    return start_server(oauth_env(api, f"http://localhost:{port}"), port=port)
+    return start_server(oauth_env(api, f"http://localhost:{port}", MODELGATES_OAUTH_CLIENT_DOCUMENTS="0"), port=port)
 
 
 @pytest.fixture(scope="module")
@@ -368,14 +372,17 @@ def test_metadata_names_this_server_exactly(one: HttpServer) -> None:
         }
     meta = httpx.get(issuer + "/.well-known/oauth-authorization-server", timeout=30).json()
     assert meta["issuer"] == issuer  # exactly the origin: no trailing slash
-    assert (meta["authorization_endpoint"], meta["token_endpoint"], meta["registration_endpoint"]) == (
-        issuer + "/authorize",
-        issuer + "/token",
-        issuer + "/register",
-    )
+    assert (
+        meta["authorization_endpoint"],
+        meta["token_endpoint"],
+        meta["registration_endpoint"],
+        meta["revocation_endpoint"],
+    ) == (issuer + "/authorize", issuer + "/token", issuer + "/register", issuer + "/revoke")
+    assert "none" in meta["revocation_endpoint_auth_methods_supported"]
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert "none" in meta["token_endpoint_auth_methods_supported"]
     assert meta["authorization_response_iss_parameter_supported"] is True
+    assert meta["client_id_metadata_document_supported"] is True
     assert meta["grant_types_supported"] == ["authorization_code", "refresh_token"]
     assert "scopes_supported" not in meta
 
@@ -384,7 +391,7 @@ def test_metadata_register_and_token_answer_cors_but_the_consent_page_does_not(o
     cross = {"origin": "https://inspector.example"}
     meta = httpx.get(origin(one) + "/.well-known/oauth-authorization-server", headers=cross, timeout=30)
     assert meta.headers.get("access-control-allow-origin") == "*"
-    for path in ("/register", "/token"):
+    for path in ("/register", "/token", "/revoke"):
         preflight = httpx.options(
             origin(one) + path,
             headers={
@@ -637,6 +644,53 @@ async def test_refresh_tokens_rotate_and_a_reused_one_ends_the_grant(one: HttpSe
     # Another sign-in of the same client is unaffected.
     _, fresh = await tokens_for(one)
     assert call_mcp(one, fresh["access_token"]).status_code == 200
+
+
+# ---------------------------------------------------------------- /revoke (RFC 7009)
+
+
+def revoke(server: HttpServer, grant: Grant, token_value: str, **extra: str) -> httpx.Response:
+    form = {"token": token_value, "client_id": grant.client.client_id, **extra}
+    return httpx.post(origin(server) + "/revoke", data={k: v for k, v in form.items() if v != ""}, timeout=30)
+
+
+@pytest.mark.parametrize("which", ["access_token", "refresh_token"])
+async def test_revoking_either_token_ends_the_whole_sign_in(one: HttpServer, which: str) -> None:
+    grant, first = await tokens_for(one)
+    rotated = refresh(one, grant, first["refresh_token"]).json()
+    assert call_mcp(one, rotated["access_token"]).status_code == 200
+    answer = revoke(one, grant, rotated[which], token_type_hint=which)
+    assert (answer.status_code, answer.content, answer.headers["cache-control"]) == (200, b"", "no-store")
+    # Within that one request: every token of the sign-in is refused from now on.
+    assert call_mcp(one, rotated["access_token"]).status_code == 401
+    assert call_mcp(one, first["access_token"]).status_code == 401
+    assert refresh(one, grant, rotated["refresh_token"]).json()["error"] == "invalid_grant"
+    assert revoke(one, grant, rotated[which]).status_code == 200  # again: the same answer
+    _, other = await tokens_for(one)  # other sign-ins go on
+    assert call_mcp(one, other["access_token"]).status_code == 200
+
+
+async def test_revoke_tells_nothing_about_tokens_that_are_not_the_clients_own(one: HttpServer) -> None:
+    grant, tokens = await tokens_for(one)
+    stranger = await authorization_code(one)
+    as_stranger = Grant(stranger.client, "", "", stranger.final)
+    for value in (tokens["access_token"], tokens["refresh_token"], "junk", grant.code, grant.client.client_id):
+        answer = revoke(one, as_stranger, value)
+        assert (answer.status_code, answer.content) == (200, b""), value
+    assert call_mcp(one, tokens["access_token"]).status_code == 200  # another client cannot end it
+    assert revoke(one, grant, tokens["access_token"], token_type_hint="something_else").status_code == 200
+    assert call_mcp(one, tokens["access_token"]).status_code == 401  # an unknown hint is ignored
+
+
+async def test_revoke_wants_a_known_client_and_a_token(one: HttpServer) -> None:
+    grant, tokens = await tokens_for(one)
+    nobody = revoke(one, Grant(Registered("nobody", "", {}), "", "", grant.final), tokens["access_token"])
+    assert (nobody.status_code, nobody.json()["error"]) == (401, "invalid_client")
+    no_client = revoke(one, Grant(Registered("", "", {}), "", "", grant.final), tokens["access_token"])
+    assert (no_client.status_code, no_client.json()["error"]) == (401, "invalid_client")
+    missing = revoke(one, grant, "")
+    assert (missing.status_code, missing.json()["error"]) == (400, "invalid_request")
+    assert call_mcp(one, tokens["access_token"]).status_code == 200
 
 
 # ---------------------------------------------------------------- refusals: registration and /authorize
@@ -967,6 +1021,7 @@ OAUTH_PATHS = [
     ("GET", "/authorize"),
     ("POST", "/consent"),
     ("GET", "/oauth/callback"),
+    ("POST", "/revoke"),
     ("POST", "/mcp"),
 ]
 
@@ -993,7 +1048,8 @@ def test_every_endpoint_checks_host_and_caps_its_body(one: HttpServer, method: s
 
 def test_unknown_paths_are_404_and_the_public_host_is_allowed(one: HttpServer) -> None:
     assert httpx.get(origin(one) + "/.well-known/openid-configuration").status_code == 404
-    assert httpx.get(origin(one) + "/revoke").status_code == 404
+    assert httpx.get(origin(one) + "/introspect").status_code == 404
+    assert httpx.get(origin(one) + "/revoke").status_code == 405  # POST only
     assert httpx.get(origin(one) + "/.well-known/oauth-authorization-server").status_code == 200
 
 
@@ -1186,6 +1242,8 @@ OAUTH_SETTINGS = [
     "MODELGATES_OAUTH_SECRET",
     "MODELGATES_OAUTH_ACCESS_TTL",
     "MODELGATES_OAUTH_REFRESH_TTL",
+    "MODELGATES_OAUTH_STORE",
+    "MODELGATES_OAUTH_CLIENT_DOCUMENTS",
 ]
 
 
@@ -1203,6 +1261,8 @@ def test_help_server_json_the_dockerfile_and_the_readme_name_the_oauth_settings(
         assert name in dockerfile and name in hosted, name
         assert f"| `{name}` |" in readme, name  # a Configuration row
     assert env["MODELGATES_OAUTH_SECRET"]["isSecret"] is True
+    assert env["MODELGATES_OAUTH_STORE"]["isSecret"] is True  # it may hold the store's password
+    assert "'.[redis]'" in dockerfile  # the image can use a shared store
     assert hosted.index("Sign in with a ModelGates account") < hosted.index("Private or legacy set-ups")
 
 

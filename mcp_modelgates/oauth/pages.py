@@ -46,12 +46,22 @@ def message(title: str, text: str) -> str:
     return _page(title, f"<p>{html.escape(text)}</p>")
 
 
-def consent(*, client_name: str | None, redirect_host: str, server_host: str, request: str) -> str:
-    """Approve or Deny for one authorization request; `request` is its sealed form, CSRF-bound."""
+def consent(
+    *, client_name: str | None, redirect_host: str, server_host: str, request: str, client_site: str | None = None
+) -> str:
+    """Approve or Deny for one authorization request; `request` is its sealed form, CSRF-bound.
+    `client_site` is the host of the app's metadata document, when it has one: the one part of its
+    identity that is checked (its document was fetched from there and names itself by that URL)."""
     name = html.escape(client_name or "An unnamed app")
+    site = (
+        f" from <span class=host>{html.escape(client_site)}</span> <span class=note>(where its "
+        "description is published)</span>"
+        if client_site
+        else ""
+    )
     return _page(
         "Connect your ModelGates account",
-        f"<p><strong>{name}</strong> <span class=note>(the name the app gave itself; not verified)</span> "
+        f"<p><strong>{name}</strong> <span class=note>(the name the app gave itself; not verified)</span>{site} "
         f"asks to use your ModelGates account through <span class=host>{html.escape(server_host)}</span>.</p>"
         "<p>If you approve, ModelGates asks you to approve a new API key for this server. The key stays on "
         "this server and is never shown to the app; its calls are made with it. You are then sent back to "

@@ -3,16 +3,24 @@
 - RFC 9728 metadata for `/mcp` at `/.well-known/oauth-protected-resource/mcp` and at the root path,
   RFC 8414 metadata at `/.well-known/oauth-authorization-server` (the issuer is exactly the public
   origin; S256 only; `none` among the client authentication methods; RFC 9207 `iss` advertised).
-- `POST /register` (RFC 7591) and `POST /token` are the SDK's handlers over `SealedProvider`;
+- Clients: `POST /register` (RFC 7591), or a `client_id` that is the https URL of the client's
+  metadata document (Client ID Metadata Documents, `client_documents.py`).
+- `POST /register` and `POST /token` are the SDK's handlers over `SealedProvider`;
   the token route hands the request's `resource` to the provider, which the SDK's handler does not.
 - `GET /authorize` checks the request and shows this server's consent page; `POST /consent`
   (same origin only, CSRF-bound to a cookie) denies, or seals the pending sign-in into a cookie
   and sends the browser to ModelGates with the server's own callback and a fresh S256 challenge.
 - `GET /oauth/callback` (only in the browser that consented, once) exchanges the ModelGates code,
   never twice, and sends the browser back to the client with the server's own code, `state` and `iss`.
+- `POST /revoke` (RFC 7009): an access or refresh token of the calling client ends its grant, the
+  whole sign-in, on every replica sharing the store.
 
-Metadata, `/register` and `/token` answer CORS requests (no cookies are involved there). Every
-request body is capped; the transport has checked `Host` before any of this runs.
+When the store of single-use facts cannot be reached, what needs it fails closed with a 503 that
+says so (`/token` and `/revoke` in OAuth's JSON, the consent and callback steps as a page, the
+pending sign-in kept so that reloading finishes it once the store is back).
+
+Metadata, `/register`, `/token` and `/revoke` answer CORS requests (no cookies are involved there).
+Every request body is capped; the transport has checked `Host` before any of this runs.
 """
 
 from __future__ import annotations
@@ -28,15 +36,21 @@ from urllib.parse import urlencode, urlsplit
 from mcp.server.auth.handlers.authorize import AuthorizationRequest
 from mcp.server.auth.handlers.register import RegistrationHandler
 from mcp.server.auth.handlers.token import TokenHandler
-from mcp.server.auth.middleware.client_auth import ClientAuthenticator
+from mcp.server.auth.middleware.client_auth import AuthenticationError, ClientAuthenticator
 from mcp.server.auth.provider import construct_redirect_uri
 from mcp.server.auth.settings import ClientRegistrationOptions
 from mcp.server.transport_security import RequestBodyLimitMiddleware
-from mcp.shared.auth import InvalidRedirectUriError, InvalidScopeError, OAuthMetadata, ProtectedResourceMetadata
+from mcp.shared.auth import (
+    InvalidRedirectUriError,
+    InvalidScopeError,
+    OAuthClientInformationFull,
+    OAuthMetadata,
+    ProtectedResourceMetadata,
+)
 from pydantic import AnyUrl, SecretStr, ValidationError
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, Router, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -45,8 +59,16 @@ from mcp_modelgates.client import ApiError, ModelGatesClient, excerpt
 from mcp_modelgates.config import Settings, caller_key_for_request
 from mcp_modelgates.models import EXCHANGE_AUTH_CODE, ExchangeAuthCodeRequest, ExchangeAuthCodeResponse
 from mcp_modelgates.oauth import pages
-from mcp_modelgates.oauth.provider import SealedAccessToken, SealedProvider, client_ref, new_id, requested_resource
-from mcp_modelgates.oauth.store import MemoryStore, OnceStore
+from mcp_modelgates.oauth.client_documents import ClientDocumentError, ClientDocuments
+from mcp_modelgates.oauth.provider import (
+    DocumentClient,
+    SealedAccessToken,
+    SealedProvider,
+    client_ref,
+    new_id,
+    requested_resource,
+)
+from mcp_modelgates.oauth.store import MemoryStore, OnceStore, StoreUnavailable
 
 logger = logging.getLogger("mcp_modelgates.oauth")
 
@@ -56,10 +78,13 @@ CALLBACK_PATH = "/oauth/callback"
 MAX_BODY_BYTES = 16 << 10  # far above any form or registration a client sends
 SIGN_IN_TTL = 600  # seconds for the consent form, then for ModelGates' approval (its codes last 10 minutes)
 MAX_STATE_CHARS = 512
+AUTH_METHODS = ["none", "client_secret_post", "client_secret_basic"]
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # an S256 challenge: base64url of 32 bytes
 _ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # The OAuth error codes a ModelGates `error=` may be passed through as; anything else is described.
 _PASSED_ERRORS = ("access_denied", "temporarily_unavailable", "server_error")
+RETRY_AFTER = "5"  # seconds, on a 503 while the store cannot be reached
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def _json(model: OAuthMetadata | ProtectedResourceMetadata) -> Callable[[Request], Awaitable[Response]]:
@@ -80,14 +105,37 @@ def _limited(endpoint: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
     return RequestBodyLimitMiddleware(request_response(endpoint), MAX_BODY_BYTES)
 
 
+def _oauth_error(status: int, error: str, description: str, **headers: str) -> Response:
+    body = {"error": error, "error_description": description}
+    return JSONResponse(body, status_code=status, headers={**_NO_STORE, **headers})
+
+
+def _store_down(exc: StoreUnavailable) -> Response:
+    logger.warning("a token or revocation request failed closed: the store is unreachable (%s)", exc)
+    return _oauth_error(
+        503,
+        "temporarily_unavailable",
+        "the sign-in store is unreachable; try again in a moment",
+        **{"Retry-After": RETRY_AFTER},
+    )
+
+
 class OAuthServer:
     """The endpoints above, `verify` for `/mcp`, and what they share: the provider, its store and
     the ModelGates client for the callback's exchange (made without any API key)."""
 
-    def __init__(self, settings: Settings, api: ModelGatesClient, store: OnceStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        api: ModelGatesClient,
+        store: OnceStore | None = None,
+        documents: ClientDocuments | None = None,
+    ) -> None:
+        """`documents` is the tests' seam for metadata documents served from loopback; built from
+        settings, the server always fetches them with the defaults (public addresses only)."""
         self.settings = settings
         self.api = api
-        self.provider = SealedProvider(settings, store or MemoryStore())
+        self.provider = SealedProvider(settings, store or MemoryStore(), documents=documents)
         self.sealer = self.provider.sealer
         self.issuer = settings.public_url
         self.resource = self.provider.resource
@@ -111,13 +159,17 @@ class OAuthServer:
             authorization_endpoint=f"{self.issuer}/authorize",  # type: ignore[arg-type]
             token_endpoint=f"{self.issuer}/token",  # type: ignore[arg-type]
             registration_endpoint=f"{self.issuer}/register",  # type: ignore[arg-type]
+            revocation_endpoint=f"{self.issuer}/revoke",  # type: ignore[arg-type]
             response_types_supported=["code"],
             grant_types_supported=["authorization_code", "refresh_token"],
-            token_endpoint_auth_methods_supported=["none", "client_secret_post", "client_secret_basic"],
+            token_endpoint_auth_methods_supported=AUTH_METHODS,
+            revocation_endpoint_auth_methods_supported=AUTH_METHODS,
             code_challenge_methods_supported=["S256"],
             authorization_response_iss_parameter_supported=True,
+            client_id_metadata_document_supported=True if settings.oauth_client_documents else None,
         )
-        token_handler = TokenHandler(self.provider, ClientAuthenticator(self.provider))
+        self.authenticator = ClientAuthenticator(self.provider)
+        token_handler = TokenHandler(self.provider, self.authenticator)
         registration = RegistrationHandler(self.provider, ClientRegistrationOptions(enabled=True))
 
         async def token(request: Request) -> Response:
@@ -127,6 +179,9 @@ class OAuthServer:
             try:
                 response: Response = await token_handler.handle(request)
                 return response
+            except StoreUnavailable as exc:
+                # Nothing was issued: a code or refresh token is used only once its use is on record.
+                return _store_down(exc)
             finally:
                 requested_resource.reset(reset)
 
@@ -139,6 +194,7 @@ class OAuthServer:
             Route(AS_METADATA_PATH, _cors(_limited(_json(metadata)), ["GET"]), methods=["GET", "OPTIONS"]),
             Route("/register", _cors(_limited(register), ["POST"]), methods=["POST", "OPTIONS"]),
             Route("/token", _cors(_limited(token), ["POST"]), methods=["POST", "OPTIONS"]),
+            Route("/revoke", _cors(_limited(self.revoke), ["POST"]), methods=["POST", "OPTIONS"]),
             Route("/authorize", _limited(self.authorize), methods=["GET"]),
             Route("/consent", _limited(self.consent), methods=["POST"]),
             Route(CALLBACK_PATH, _limited(self.callback), methods=["GET"]),
@@ -151,6 +207,7 @@ class OAuthServer:
 
     async def aclose(self) -> None:
         await self.api.aclose()
+        await self.provider.documents.aclose()
         await self.provider.store.aclose()
 
     # ------------------------------------------------------------ /mcp
@@ -169,6 +226,14 @@ class OAuthServer:
     def _page(self, status: int, title: str, text: str) -> Response:
         return HTMLResponse(pages.message(title, text), status_code=status, headers=pages.headers())
 
+    def _unavailable(self, exc: StoreUnavailable, then: str) -> Response:
+        logger.warning("a sign-in step failed closed: the store is unreachable (%s)", exc)
+        response = self._page(
+            503, "Sign-in unavailable for a moment", "This server cannot complete sign-ins right now. " + then
+        )
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
+
     def _back_to_client(self, redirect_uri: str, state: str | None, status: int = 302, **params: str) -> Response:
         """An authorization response (RFC 6749 section 4.1.2), always with RFC 9207 `iss`."""
         location = construct_redirect_uri(redirect_uri, **params, state=state, iss=self.issuer)
@@ -185,6 +250,30 @@ class OAuthServer:
             samesite=same_site,  # type: ignore[arg-type]
         )
 
+    # ------------------------------------------------------------ /revoke (RFC 7009)
+
+    async def revoke(self, request: Request) -> Response:
+        """Ends the grant of the token, whichever of its tokens it is. A token that is not one of
+        this client's (unknown, expired, another client's) gets the same 200, as RFC 7009 says, so
+        that the answer tells nothing about it."""
+        try:
+            client = await self.authenticator.authenticate_request(request)
+        except AuthenticationError as exc:
+            return _oauth_error(401, "invalid_client", exc.message)
+        form = await request.form()
+        token, hint = form.get("token"), form.get("token_type_hint")
+        if not isinstance(token, str) or not token:
+            return _oauth_error(400, "invalid_request", "the token to revoke is missing")
+        grant = self.provider.grant_of(client, token, hint if isinstance(hint, str) else None)
+        if grant is not None:
+            try:
+                await self.provider.end_grant(grant)
+            except StoreUnavailable as exc:
+                # RFC 7009 section 2.2.1: on a 503 the client assumes the token still exists and retries.
+                return _store_down(exc)
+            logger.info("a sign-in was revoked by its client")
+        return Response(status_code=200, headers=_NO_STORE)
+
     # ------------------------------------------------------------ /authorize
 
     async def authorize(self, request: Request) -> Response:
@@ -193,7 +282,13 @@ class OAuthServer:
         if any(len(params.getlist(name)) > 1 for name in params):
             return self._page(400, "Sign-in refused", "A parameter of this sign-in link appears twice. " + restart)
         client_id = params.get("client_id")
-        client = await self.provider.get_client(client_id) if client_id else None
+        if client_id is not None and client_id.startswith("https://"):
+            try:
+                client: OAuthClientInformationFull | None = await self.provider.document_client(client_id)
+            except ClientDocumentError as exc:
+                return self._page(400, "Unknown app", f"This app's metadata document cannot be used: {exc}. " + restart)
+        else:
+            client = await self.provider.get_client(client_id) if client_id else None
         if client is None:
             # Never redirect to a URI that no registration vouches for: say it here instead.
             return self._page(
@@ -259,6 +354,7 @@ class OAuthServer:
         target = urlsplit(redirect_uri)
         page = pages.consent(
             client_name=client.client_name,
+            client_site=urlsplit(client.client_id).netloc if isinstance(client, DocumentClient) else None,
             redirect_host=target.netloc,
             server_host=urlsplit(self.issuer).netloc,
             request=sealed,
@@ -305,6 +401,10 @@ class OAuthServer:
             )
         if action != "approve":
             return self._page(400, "Sign-in refused", "Choose Approve or Deny.")
+        try:
+            await self.provider.store.check()  # the callback will need it: do not send the user on for nothing
+        except StoreUnavailable as exc:
+            return self._unavailable(exc, "Go back and approve again in a moment.")
         flow, verifier = new_id(), pkce.new_verifier()
         pending.update(flow=flow, verifier=verifier, exp=time.time() + SIGN_IN_TTL)
         callback = f"{self.issuer}{CALLBACK_PATH}?{urlencode({'flow': flow})}"
@@ -329,7 +429,12 @@ class OAuthServer:
                 "This sign-in was started in another browser, or it expired. Start it again from your app.",
             )
         ttl = max(pending["exp"] - time.time(), 0) + 1
-        if await self.provider.store.mark_once(f"signin:{flow}", ttl):
+        try:
+            completed = await self.provider.store.mark_once(f"signin:{flow}", ttl)
+        except StoreUnavailable as exc:
+            # Before any exchange, and the cookie stays: reloading this page finishes the sign-in.
+            return self._unavailable(exc, "Reload this page in a moment to finish signing in.")
+        if completed:
             response = self._page(400, "Already signed in", "This sign-in is already complete; return to your app.")
         else:
             response = await self._finish(pending, params.get("code"), params.get("error"))
