@@ -50,7 +50,11 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # far below a process's file descriptor limit. A call that finds all of them busy waits up to
 # MODELGATES_CONNECT_TIMEOUT, then fails as local overload.
 MAX_CONNECTIONS = 256
-MAX_IDLE_CONNECTIONS = 64  # kept open between bursts (for 5 s), so a burst does not reconnect
+# Kept open while idle, for 5 s: httpx's default. httpcore checks every idle connection (a socket
+# poll each) whenever a request joins or leaves the pool, so a larger idle set makes every call of a
+# burst pay for it: with 64 kept, 64 calls in flight over HTTP took about 3x as long until the surplus
+# expired; reconnecting the few a burst needs beyond these costs less (benchmarks/bench.py).
+MAX_IDLE_CONNECTIONS = 20
 # Calls one caller (one credential: a caller's own key, or the server's token or key) may have
 # waiting on ModelGates at once. Past it a call fails at once instead of queueing, so that one
 # caller's burst cannot take the pool from the others. 64 in flight is far beyond what one MCP

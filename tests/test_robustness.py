@@ -736,8 +736,8 @@ def test_the_readme_states_the_limits_the_code_uses() -> None:
     assert client_module.ERROR_BODY_BYTES == 8 * 1024 and "first 8 KiB" in section
     assert client_module.EXCERPT_CHARS == 200 and "at most 200 characters" in section
     assert client_module.CALLER_IN_FLIGHT == 64 and "may have 64 calls waiting for ModelGates at once" in section
-    assert client_module.MAX_CONNECTIONS == 256 and "a pool of 256 connections (64 of them kept open" in section
-    assert client_module.MAX_IDLE_CONNECTIONS == 64 and client_module.MAX_CODINGS == 3 and "at most 3 layers" in section
+    assert client_module.MAX_CONNECTIONS == 256 and "a pool of 256 connections (20 of them kept open" in section
+    assert client_module.MAX_IDLE_CONNECTIONS == 20 and client_module.MAX_CODINGS == 3 and "at most 3 layers" in section
     defaults = Settings()
     assert (defaults.max_retries, defaults.connect_timeout, defaults.timeout) == (2, 10.0, 30.0)
     assert "(default 2," in section and "`MODELGATES_CONNECT_TIMEOUT` (10 s)" in section
