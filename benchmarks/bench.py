@@ -31,7 +31,7 @@ Last, one caller's burst over HTTP with per-caller keys (`MODELGATES_KEY_FROM_CL
 an API stand-in that takes 2.5 s per answer: caller A sends 450 calls at once, caller B 50 a
 moment later; B's success rate (budget: at least 90 %) and latency, and what A got.
 
-    python benchmarks/bench.py             # the full run, about 3 minutes on 2 cores
+    python benchmarks/bench.py             # the full run, 80 s to 3 minutes on 2 cores
     python benchmarks/bench.py --quick     # a few rounds, only to prove it still runs
     python benchmarks/bench.py --check     # exit 1 when a budget line does not hold
 """
