@@ -19,10 +19,7 @@ may reach the server's log or a client's files.
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
-import select
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +35,7 @@ from mcp.client.stdio import stdio_client
 
 from tests import test_http
 from tests.browser import Browser, Page
+from tests.e2e.terminal import Terminal
 from tests.e2e.test_real_clients import E2E, NAME, TIMEOUT, client_env, explain, node_bin, run
 from tests.fake_api import FakeModelGates
 from tests.test_http import HttpServer, free_port
@@ -46,7 +44,7 @@ from tests.test_oauth import API_TOOLS, CALLBACK, start_oauth_server
 __all__ = ["node_bin"]  # a fixture, imported to be found here (and `api`, `_fresh_stand_in` below)
 
 pytestmark = pytest.mark.anyio
-MAX_OUTPUT = 1 << 20  # bytes kept of a client's terminal output
+MAX_OUTPUT = 1 << 20  # bytes kept of a client's line of output
 
 
 # The HTTP tests' stand-in fixtures: one per module, reset before each test.
@@ -132,40 +130,18 @@ async def test_ts_sdk_client_signs_in_with_its_auth_provider_and_calls_with_the_
 def in_a_terminal(
     argv: list[str], env: dict[str, str], cwd: Path, answer: Callable[[str], str | None], done: str
 ) -> str:
-    """Run `argv` with a pseudo-terminal as its stdin, stdout and stderr. Each time output arrives,
-    `answer(all output so far)` may give a line to type (once); stops when `done` is shown or the
-    process ends, within TIMEOUT seconds. Returns the output, escape sequences and all."""
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen(argv, env={**env, "TERM": "xterm"}, cwd=cwd, stdin=secondary, stdout=secondary,
-                            stderr=secondary, close_fds=True)  # fmt: skip
-    os.close(secondary)
-    output, typed = b"", False
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while time.monotonic() < deadline and done not in output.decode(errors="replace"):
-            ready, _, _ = select.select([primary], [], [], 0.2)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:  # EIO: the terminal's other side closed
-                break
-            output = (output + chunk)[-MAX_OUTPUT:]
-            if not typed and (line := answer(output.decode(errors="replace"))) is not None:
-                os.write(primary, line.encode() + b"\r")
+    """Run `argv` in a pseudo-terminal. Each time output arrives, `answer(all output so far)` may
+    give a line to type (once); stops when `done` is shown or the process ends, within TIMEOUT
+    seconds. Returns the output, escape sequences and all."""
+    with Terminal(argv, env, cwd) as term:
+        typed = False
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and not term.closed and done not in term.output:
+            term.read(0.2)
+            if not typed and (line := answer(term.output)) is not None:
+                term.type(line + "\r")
                 typed = True
-        return output.decode(errors="replace")
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        os.close(primary)
+        return term.output
 
 
 def status_line(proc: subprocess.CompletedProcess[str]) -> str:
