@@ -12,7 +12,8 @@ tools as the agent offers them to its model, and makes one real tool call the wa
 would: the stand-in model answers the first turn with a call of `create_auth_code` and the second
 with text. What reached the ModelGates stand-in (tests/fake_api.py) is asserted, byte for byte.
 `connect_account` runs end to end in Codex (URL elicitation through `codex app-server`, the test
-playing the user who approves and the browser) and in Copilot CLI (its link path).
+playing the user who approves and the browser) and in Copilot CLI (its link path). Gemini CLI also
+signs in to the hosted server's OAuth mode, from its interactive screen in a pseudo-terminal.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -44,10 +46,13 @@ if os.environ.get(SWITCH) != "1":  # one skip for the whole module: one line in 
 
 from tests.conftest import API_KEY, server_command  # noqa: E402
 from tests.e2e.model_stand_in import ModelStandIn  # noqa: E402
+from tests.e2e.terminal import Terminal  # noqa: E402
 from tests.e2e.test_real_clients import E2E, NAME, README, SPEC, explain, install_pinned  # noqa: E402
 from tests.e2e.test_real_clients_http import TOKEN, server  # noqa: E402  (shared key with a token)
+from tests.e2e.test_real_clients_oauth import approve, holds_no_minted_key, upstream_keys  # noqa: E402
 from tests.fake_api import KEY_PREFIX, FakeModelGates, accept_code  # noqa: E402
 from tests.test_http import HttpServer  # noqa: E402
+from tests.test_oauth import API_TOOLS, start_oauth_server  # noqa: E402
 
 AGENTS = E2E / "agents"
 __all__ = ["server"]  # a fixture, imported to be found here
@@ -97,9 +102,11 @@ def offered_tools(model: ModelStandIn, prefix: str) -> set[str]:
 # ---------------------------------------------------------------- the README's commands
 
 
-def readme_command(prefix: str, marker: str) -> list[str]:
-    """The README's `prefix ...` command (in a code block or inline) that contains `marker`."""
-    found = [c for c in re.findall(rf"(?m)(?:^|`)({re.escape(prefix)}[^`\n]*)", README) if marker in c]
+def readme_command(prefix: str, marker: str, at_end: bool = False) -> list[str]:
+    """The README's `prefix ...` command (in a code block or inline) that ends with `marker` if
+    `at_end` (a hosted URL alone: a sign-in), else has it with more after it (a credential, a path)."""
+    commands = re.findall(rf"(?m)(?:^|`)({re.escape(prefix)}[^`\n]*)", README)
+    found = [c for c in commands if marker in c and c.endswith(marker) == at_end]
     assert len(found) == 1, f"the README should have one `{prefix}` command with {marker!r}: {found}"
     return shlex.split(found[0])
 
@@ -117,7 +124,7 @@ def stdio_argv(prefix: str, script: str, extra_env: dict[str, str]) -> list[str]
 
 
 def http_argv(prefix: str, server: HttpServer) -> list[str]:
-    """The README's hosted-server command for this agent, with this server's URL and token."""
+    """The README's hosted-server command for this agent with a token, with this server's URL and token."""
     argv = readme_command(prefix, HOSTED)
     return [a.replace(HOSTED, server.url).replace("sk-...", TOKEN) for a in argv]
 
@@ -498,6 +505,84 @@ def test_gemini_over_http_with_the_readme_line(agents_bin: Path, server: HttpSer
         {"Authorization": f"Bearer {TOKEN}"},
     )
     gemini_connected(gemini)
+
+
+# Gemini CLI signs in to a server only from its interactive screen: in `-p` it says the server
+# "requires authentication using: /mcp auth NAME" and goes on without it.
+BROWSERS = ("xdg-open", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "firefox")
+
+
+def stand_in_browsers(folder: Path) -> Path:
+    """Commands an agent may start to open a link, each noting it in `folder/opened`: the test is
+    the browser. xdg-open succeeds; had it failed, Gemini CLI would start a browser it finds on
+    PATH itself, so the browsers fail."""
+    folder.mkdir()
+    for name in BROWSERS:
+        script = folder / name
+        code = 0 if name == "xdg-open" else 1
+        script.write_text(f'#!/bin/sh\necho "{name} $*" >> "{folder / "opened"}"\nexit {code}\n')
+        script.chmod(0o755)
+    return folder
+
+
+def test_gemini_signs_in_with_mcp_auth_then_calls_with_the_users_key(
+    agents_bin: Path, fresh_api: FakeModelGates, tmp_path: Path
+) -> None:
+    server = start_oauth_server(fresh_api)
+    try:
+        gemini = new_gemini(agents_bin, tmp_path)
+        browsers = stand_in_browsers(tmp_path / "browsers")
+        gemini.extra_env["PATH"] = f"{browsers}{os.pathsep}{gemini.env()['PATH']}"
+        url = f"http://localhost:{server.port}/mcp"
+        argv = readme_command("gemini mcp add ", HOSTED, at_end=True)
+        added(gemini(*[a.replace(HOSTED, url) for a in argv]))
+        listed = gemini("gemini", "mcp", "list")
+        assert f"✗ {NAME}: {url} (http) - Disconnected" in plain(listed.stdout + listed.stderr), explain(listed)
+
+        screen = [str(agents_bin / "gemini"), "-m", "gemini-2.5-flash"]
+        env = gemini.env(GEMINI_API_KEY="stand-in", GOOGLE_GEMINI_BASE_URL="http://127.0.0.1:9")  # no model needed
+        with Terminal(screen, env, gemini.project, term="xterm-256color", size=(50, 200)) as term:
+            assert term.wait_for("Type your message", TIMEOUT), term.screen[-3000:]
+            mark = len(term.screen)
+            term.type(f"/mcp auth {NAME}")
+            term.read(1.5)  # typed at once, the command is not taken for the start of another
+            for _ in range(3):  # an Enter may first complete the command in its suggestion list
+                term.type("\r")
+                if term.wait_for("Do you want to continue?", 10, since=mark):
+                    break
+            else:
+                pytest.fail(f"no consent question: {term.screen[-3000:]}")
+            term.type("\r")  # Yes
+            assert term.wait_for("Triple-click to select", TIMEOUT, since=mark), term.screen[-3000:]
+            shown = term.screen[mark:]
+            start = shown.index(f"http://localhost:{server.port}/authorize?")
+            wrapped = shown[start : shown.index("TIP: Triple-click", start)]  # the link, across lines
+            link = re.match(r"[!-~]+", re.sub(r"\s+", "", wrapped))
+            assert link is not None, wrapped
+            final = anyio.run(approve, link.group(0))
+            assert final.status == 200 and "Authentication Successful" in final.text, (final.url, final.text[:300])
+            assert term.wait_for(f"Successfully authenticated with MCP server '{NAME}'", TIMEOUT, since=mark), (
+                term.screen[-3000:]
+            )
+        gemini_connected(gemini)
+        with ModelStandIn(calls=[CREATE]) as model:
+            proc = gemini(
+                "gemini", "-m", "gemini-2.5-flash", "-p", "Create a ModelGates authorization code for my callback.",
+                "--yolo", "--output-format", "stream-json",
+                GEMINI_API_KEY="stand-in", GOOGLE_GEMINI_BASE_URL=model.url,
+            )  # fmt: skip
+        results = [e for e in json_lines(proc.stdout) if e.get("type") == "tool_result"]
+        assert proc.returncode == 0 and [r["status"] for r in results] == ["success"], explain(proc)
+        assert offered_tools(model, f"mcp_{NAME}_") == set(API_TOOLS), model.offered()
+        (minted,) = fresh_api.minted
+        assert upstream_keys(fresh_api) == [f"Bearer {minted}"]  # the signed-in user's own key
+        opened = (browsers / "opened").read_text().splitlines()
+        assert opened == [f"xdg-open {link.group(0)}"], opened
+        assert (gemini.home / ".gemini" / "mcp-oauth-tokens.json").is_file()  # where its tokens are
+        assert holds_no_minted_key(gemini.home, fresh_api) and minted not in term.output
+    finally:
+        assert server.stop() == 0
+    assert not any(key in server.stderr for key in fresh_api.minted), "a minted key reached the server's log"
 
 
 # ---------------------------------------------------------------- GitHub Copilot CLI
