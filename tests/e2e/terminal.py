@@ -73,7 +73,7 @@ class Terminal:
             self.read(0.2)
         return True
 
-    def type(self, keys: str) -> None:
+    def send(self, keys: str) -> None:
         os.write(self._primary, keys.encode())
 
     def __enter__(self) -> Terminal:

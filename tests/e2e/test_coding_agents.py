@@ -12,8 +12,9 @@ tools as the agent offers them to its model, and makes one real tool call the wa
 would: the stand-in model answers the first turn with a call of `create_auth_code` and the second
 with text. What reached the ModelGates stand-in (tests/fake_api.py) is asserted, byte for byte.
 `connect_account` runs end to end in Codex (URL elicitation through `codex app-server`, the test
-playing the user who approves and the browser) and in Copilot CLI (its link path). Gemini CLI also
-signs in to the hosted server's OAuth mode, from its interactive screen in a pseudo-terminal.
+playing the user who approves and the browser) and in Copilot CLI (its link path). Codex CLI and
+Gemini CLI also sign in to the hosted server's OAuth mode, each in a pseudo-terminal (terminal.py),
+the test playing the browser the agent tries to open.
 """
 
 from __future__ import annotations
@@ -418,6 +419,45 @@ def test_codex_over_http_with_the_readme_line(
     assert_create_reached(fresh_api)
 
 
+def test_codex_signs_in_when_added_by_url_then_calls_with_the_users_key(
+    agents_bin: Path, fresh_api: FakeModelGates, tmp_path: Path
+) -> None:
+    """The README's URL-only line: `codex mcp add` finds the sign-in and runs it at once."""
+    server = start_oauth_server(fresh_api)
+    try:
+        with ModelStandIn(calls=[CREATE]) as model:
+            codex = new_codex(agents_bin, tmp_path, model)
+            opened = stand_in_browsers(tmp_path / "browsers", codex)
+            url = f"http://localhost:{server.port}/mcp"
+            argv = [a.replace(HOSTED, url) for a in readme_command("codex mcp add ", HOSTED, at_end=True)]
+            with Terminal([str(codex.bin / argv[0]), *argv[1:]], codex.env(), codex.project) as term:
+                assert term.wait_for(f"Authorize `{NAME}` by opening this URL", TIMEOUT), term.screen[-3000:]
+                link = rf"(http://localhost:{server.port}/authorize\?\S+)\r?\n"  # the whole line
+                deadline = time.monotonic() + TIMEOUT
+                while (found := re.search(link, term.screen)) is None and time.monotonic() < deadline:
+                    term.read(0.2)
+                assert found is not None, term.screen[-3000:]
+                final = anyio.run(approve, found.group(1))
+                assert final.status == 200 and "Authentication complete" in final.text, (final.url, final.text[:300])
+                assert term.wait_for("Successfully logged in", TIMEOUT), term.screen[-3000:]
+            listed = codex("codex", "mcp", "list")
+            assert re.search(rf"(?m)^{NAME}\s+{re.escape(url)}\s.*\bOAuth\s*$", listed.stdout), explain(listed)
+            with CodexAppServer(codex) as app:
+                thread = app.start_thread()
+                status = app.server_status(thread)
+                assert status["runtimeStatus"] == "connected" and set(status["tools"]) == set(API_TOOLS), status
+                (call,) = app.turn(thread, "Create a ModelGates authorization code for my callback.")
+        assert call["status"] == "completed", call
+        (minted,) = fresh_api.minted
+        assert upstream_keys(fresh_api) == [f"Bearer {minted}"]  # the signed-in user's own key
+        assert opened.read_text().splitlines() == [f"xdg-open {found.group(1)}"] and no_real_browser(codex)
+        assert (codex.home / ".codex" / ".credentials.json").is_file()  # where its tokens are
+        assert holds_no_minted_key(codex.home, fresh_api) and minted not in term.output
+    finally:
+        assert server.stop() == 0
+    assert not any(key in server.stderr for key in fresh_api.minted), "a minted key reached the server's log"
+
+
 def test_codex_connect_account_in_one_call_with_url_elicitation(
     agents_bin: Path, fresh_api: FakeModelGates, tmp_path: Path
 ) -> None:
@@ -509,20 +549,29 @@ def test_gemini_over_http_with_the_readme_line(agents_bin: Path, server: HttpSer
 
 # Gemini CLI signs in to a server only from its interactive screen: in `-p` it says the server
 # "requires authentication using: /mcp auth NAME" and goes on without it.
-BROWSERS = ("xdg-open", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "firefox")
+BROWSERS = (
+    "xdg-open", "x-www-browser", "sensible-browser", "www-browser", "gio", "gnome-open", "kde-open",
+    "chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "firefox",
+)  # fmt: skip
 
 
-def stand_in_browsers(folder: Path) -> Path:
-    """Commands an agent may start to open a link, each noting it in `folder/opened`: the test is
-    the browser. xdg-open succeeds; had it failed, Gemini CLI would start a browser it finds on
-    PATH itself, so the browsers fail."""
+def stand_in_browsers(folder: Path, agent: Agent) -> Path:
+    """Commands an agent may start to open a link, each noting it in `folder/opened`, first on the
+    agent's PATH and named by BROWSER: the test is the browser. xdg-open succeeds; had it failed,
+    an agent would try the next way, so the others fail. (Without BROWSER, Codex finds the real
+    Chromium through its desktop file, and Gemini CLI, when xdg-open fails, through PATH.)"""
     folder.mkdir()
     for name in BROWSERS:
         script = folder / name
         code = 0 if name == "xdg-open" else 1
         script.write_text(f'#!/bin/sh\necho "{name} $*" >> "{folder / "opened"}"\nexit {code}\n')
         script.chmod(0o755)
-    return folder
+    agent.extra_env.update(PATH=f"{folder}{os.pathsep}{agent.env()['PATH']}", BROWSER=str(folder / "xdg-open"))
+    return folder / "opened"
+
+
+def no_real_browser(agent: Agent) -> bool:
+    return not (agent.home / ".config" / "chromium").exists()
 
 
 def test_gemini_signs_in_with_mcp_auth_then_calls_with_the_users_key(
@@ -531,8 +580,7 @@ def test_gemini_signs_in_with_mcp_auth_then_calls_with_the_users_key(
     server = start_oauth_server(fresh_api)
     try:
         gemini = new_gemini(agents_bin, tmp_path)
-        browsers = stand_in_browsers(tmp_path / "browsers")
-        gemini.extra_env["PATH"] = f"{browsers}{os.pathsep}{gemini.env()['PATH']}"
+        opened = stand_in_browsers(tmp_path / "browsers", gemini)
         url = f"http://localhost:{server.port}/mcp"
         argv = readme_command("gemini mcp add ", HOSTED, at_end=True)
         added(gemini(*[a.replace(HOSTED, url) for a in argv]))
@@ -544,15 +592,15 @@ def test_gemini_signs_in_with_mcp_auth_then_calls_with_the_users_key(
         with Terminal(screen, env, gemini.project, term="xterm-256color", size=(50, 200)) as term:
             assert term.wait_for("Type your message", TIMEOUT), term.screen[-3000:]
             mark = len(term.screen)
-            term.type(f"/mcp auth {NAME}")
+            term.send(f"/mcp auth {NAME}")
             term.read(1.5)  # typed at once, the command is not taken for the start of another
             for _ in range(3):  # an Enter may first complete the command in its suggestion list
-                term.type("\r")
+                term.send("\r")
                 if term.wait_for("Do you want to continue?", 10, since=mark):
                     break
             else:
                 pytest.fail(f"no consent question: {term.screen[-3000:]}")
-            term.type("\r")  # Yes
+            term.send("\r")  # Yes
             assert term.wait_for("Triple-click to select", TIMEOUT, since=mark), term.screen[-3000:]
             shown = term.screen[mark:]
             start = shown.index(f"http://localhost:{server.port}/authorize?")
@@ -576,8 +624,7 @@ def test_gemini_signs_in_with_mcp_auth_then_calls_with_the_users_key(
         assert offered_tools(model, f"mcp_{NAME}_") == set(API_TOOLS), model.offered()
         (minted,) = fresh_api.minted
         assert upstream_keys(fresh_api) == [f"Bearer {minted}"]  # the signed-in user's own key
-        opened = (browsers / "opened").read_text().splitlines()
-        assert opened == [f"xdg-open {link.group(0)}"], opened
+        assert opened.read_text().splitlines() == [f"xdg-open {link.group(0)}"] and no_real_browser(gemini)
         assert (gemini.home / ".gemini" / "mcp-oauth-tokens.json").is_file()  # where its tokens are
         assert holds_no_minted_key(gemini.home, fresh_api) and minted not in term.output
     finally:

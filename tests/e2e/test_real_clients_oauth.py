@@ -139,7 +139,7 @@ def in_a_terminal(
         while time.monotonic() < deadline and not term.closed and done not in term.output:
             term.read(0.2)
             if not typed and (line := answer(term.output)) is not None:
-                term.type(line + "\r")
+                term.send(line + "\r")
                 typed = True
         return term.output
 
