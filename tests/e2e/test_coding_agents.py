@@ -12,9 +12,9 @@ tools as the agent offers them to its model, and makes one real tool call the wa
 would: the stand-in model answers the first turn with a call of `create_auth_code` and the second
 with text. What reached the ModelGates stand-in (tests/fake_api.py) is asserted, byte for byte.
 `connect_account` runs end to end in Codex (URL elicitation through `codex app-server`, the test
-playing the user who approves and the browser) and in Copilot CLI (its link path). Codex CLI and
-Gemini CLI also sign in to the hosted server's OAuth mode, each in a pseudo-terminal (terminal.py),
-the test playing the browser the agent tries to open.
+playing the user who approves and the browser) and in Copilot CLI (its link path). Codex CLI,
+Gemini CLI and opencode also sign in to the hosted server's OAuth mode, each in a pseudo-terminal
+(terminal.py), the test playing the browser the agent tries to open.
 """
 
 from __future__ import annotations
@@ -750,6 +750,28 @@ def opencode_connected(opencode: Agent) -> None:
     assert listed.returncode == 0 and re.search(rf"✓ {NAME}\s+connected", plain(listed.stdout)), explain(listed)
 
 
+def opencode_calls_create(opencode: Agent, model: ModelStandIn) -> None:
+    """`opencode run` with the stand-in model as its provider: one call of create_auth_code."""
+    config = json.loads(opencode_config(opencode).read_text())  # written by `mcp add`, without comments
+    config["provider"] = {
+        "stand-in": {
+            "npm": "@ai-sdk/openai-compatible",
+            "name": "stand-in",
+            "options": {"baseURL": f"{model.url}/v1", "apiKey": "stand-in"},
+            "models": {"stand-in": {"name": "stand-in", "tool_call": True}},
+        }
+    }
+    config.update(autoupdate=False, share="disabled")
+    opencode_config(opencode).write_text(json.dumps(config))
+    proc = opencode(
+        "opencode", "run", "Create a ModelGates authorization code for my callback.",
+        "--model", "stand-in/stand-in", "--format", "json",
+    )  # fmt: skip
+    uses = [e["part"] for e in json_lines(proc.stdout) if e.get("type") == "tool_use"]
+    assert proc.returncode == 0 and [u["tool"] for u in uses] == [f"{NAME}_create_auth_code"], explain(proc)
+    assert uses[0]["state"]["status"] == "completed" and "auth_code_" in uses[0]["state"]["output"]
+
+
 def test_opencode_stdio_connects_lists_the_tools_and_calls_one(
     agents_bin: Path, fresh_api: FakeModelGates, tmp_path: Path
 ) -> None:
@@ -761,23 +783,7 @@ def test_opencode_stdio_connects_lists_the_tools_and_calls_one(
     assert (entry["type"], entry["command"], entry["environment"]["MODELGATES_API_KEY"]) == ("local", [script], API_KEY)
     opencode_connected(opencode)
     with ModelStandIn(calls=[CREATE]) as model:
-        config["provider"] = {
-            "stand-in": {
-                "npm": "@ai-sdk/openai-compatible",
-                "name": "stand-in",
-                "options": {"baseURL": f"{model.url}/v1", "apiKey": "stand-in"},
-                "models": {"stand-in": {"name": "stand-in", "tool_call": True}},
-            }
-        }
-        config.update(autoupdate=False, share="disabled")
-        opencode_config(opencode).write_text(json.dumps(config))
-        proc = opencode(
-            "opencode", "run", "Create a ModelGates authorization code for my callback.",
-            "--model", "stand-in/stand-in", "--format", "json",
-        )  # fmt: skip
-    uses = [e["part"] for e in json_lines(proc.stdout) if e.get("type") == "tool_use"]
-    assert proc.returncode == 0 and [u["tool"] for u in uses] == [f"{NAME}_create_auth_code"], explain(proc)
-    assert uses[0]["state"]["status"] == "completed" and "auth_code_" in uses[0]["state"]["output"]
+        opencode_calls_create(opencode, model)
     assert offered_tools(model, f"{NAME}_") == TOOLS, model.offered()
     assert_create_reached(fresh_api)
 
@@ -788,3 +794,36 @@ def test_opencode_over_http_with_the_readme_line(agents_bin: Path, server: HttpS
     entry = json.loads(opencode_config(opencode).read_text())["mcp"][NAME]
     assert (entry["type"], entry["url"]) == ("remote", server.url), entry
     opencode_connected(opencode)
+
+
+def test_opencode_signs_in_with_mcp_auth_then_calls_with_the_users_key(
+    agents_bin: Path, fresh_api: FakeModelGates, tmp_path: Path
+) -> None:
+    server = start_oauth_server(fresh_api)
+    try:
+        opencode = new_opencode(agents_bin, tmp_path)
+        opened = stand_in_browsers(tmp_path / "browsers", opencode)
+        url = f"http://localhost:{server.port}/mcp"
+        added(opencode(*[a.replace(HOSTED, url) for a in readme_command("opencode mcp add ", HOSTED, at_end=True)]))
+        listed = opencode("opencode", "mcp", "list")
+        assert f"⚠ {NAME} needs authentication" in plain(listed.stdout), explain(listed)
+        with Terminal([str(opencode.bin / "opencode"), "mcp", "auth", NAME], opencode.env(), opencode.project) as term:
+            link = rf"(http://localhost:{server.port}/authorize\?\S+)\r?\n"  # the whole line
+            deadline = time.monotonic() + TIMEOUT
+            while (found := re.search(link, term.screen)) is None and time.monotonic() < deadline and not term.closed:
+                term.read(0.2)
+            assert found is not None, term.screen[-3000:]
+            final = anyio.run(approve, found.group(1))
+            assert final.status == 200, (final.url, final.text[:300])
+            assert term.wait_for("Authentication successful", TIMEOUT), term.screen[-3000:]
+        opencode_connected(opencode)
+        with ModelStandIn(calls=[CREATE]) as model:
+            opencode_calls_create(opencode, model)
+        assert offered_tools(model, f"{NAME}_") == set(API_TOOLS), model.offered()
+        (minted,) = fresh_api.minted
+        assert upstream_keys(fresh_api) == [f"Bearer {minted}"]  # the signed-in user's own key
+        assert opened.read_text().splitlines() == [f"xdg-open {found.group(1)}"] and no_real_browser(opencode)
+        assert holds_no_minted_key(opencode.home, fresh_api) and minted not in term.output
+    finally:
+        assert server.stop() == 0
+    assert not any(key in server.stderr for key in fresh_api.minted), "a minted key reached the server's log"
