@@ -94,7 +94,14 @@ class Chromium:
         return str(self.driver.current_url)
 
     def text(self) -> str:
-        return str(self.driver.find_element("tag name", "body").text)
+        """The page's text; "" while a navigation replaces the page under the read (the body found
+        a moment ago is gone), so that a wait goes on instead of failing."""
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+        try:
+            return str(self.driver.find_element("tag name", "body").text)
+        except (StaleElementReferenceException, NoSuchElementException):
+            return ""
 
     def click(self, css: str) -> None:
         self.driver.find_element("css selector", css).click()

@@ -589,6 +589,8 @@ def test_gemini_signs_in_with_mcp_auth_then_calls_with_the_users_key(
 
         screen = [str(agents_bin / "gemini"), "-m", "gemini-2.5-flash"]
         env = gemini.env(GEMINI_API_KEY="stand-in", GOOGLE_GEMINI_BASE_URL="http://127.0.0.1:9")  # no model needed
+        for name in ("CI", "GITHUB_ACTIONS"):  # with either set, Gemini CLI runs headless: no screen to type in
+            env.pop(name, None)
         with Terminal(screen, env, gemini.project, term="xterm-256color", size=(50, 200)) as term:
             assert term.wait_for("Type your message", TIMEOUT), term.screen[-3000:]
             mark = len(term.screen)
