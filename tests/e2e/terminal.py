@@ -73,6 +73,15 @@ class Terminal:
             self.read(0.2)
         return True
 
+    def wait_for_match(self, pattern: str, seconds: float) -> re.Match[str] | None:
+        """The first match of `pattern` on the screen within `seconds`, or None."""
+        deadline = time.monotonic() + seconds
+        while (found := re.search(pattern, self.screen)) is None:
+            if self.closed or time.monotonic() >= deadline:
+                return None
+            self.read(0.2)
+        return found
+
     def send(self, keys: str) -> None:
         os.write(self._primary, keys.encode())
 

@@ -432,11 +432,8 @@ def test_codex_signs_in_when_added_by_url_then_calls_with_the_users_key(
             argv = [a.replace(HOSTED, url) for a in readme_command("codex mcp add ", HOSTED, at_end=True)]
             with Terminal([str(codex.bin / argv[0]), *argv[1:]], codex.env(), codex.project) as term:
                 assert term.wait_for(f"Authorize `{NAME}` by opening this URL", TIMEOUT), term.screen[-3000:]
-                link = rf"(http://localhost:{server.port}/authorize\?\S+)\r?\n"  # the whole line
-                deadline = time.monotonic() + TIMEOUT
-                while (found := re.search(link, term.screen)) is None and time.monotonic() < deadline:
-                    term.read(0.2)
-                assert found is not None, term.screen[-3000:]
+                found = term.wait_for_match(rf"(http://localhost:{server.port}/authorize\?\S+)\r?\n", TIMEOUT)
+                assert found is not None, term.screen[-3000:]  # the link's whole line
                 final = anyio.run(approve, found.group(1))
                 assert final.status == 200 and "Authentication complete" in final.text, (final.url, final.text[:300])
                 assert term.wait_for("Successfully logged in", TIMEOUT), term.screen[-3000:]
@@ -810,11 +807,8 @@ def test_opencode_signs_in_with_mcp_auth_then_calls_with_the_users_key(
         listed = opencode("opencode", "mcp", "list")
         assert f"⚠ {NAME} needs authentication" in plain(listed.stdout), explain(listed)
         with Terminal([str(opencode.bin / "opencode"), "mcp", "auth", NAME], opencode.env(), opencode.project) as term:
-            link = rf"(http://localhost:{server.port}/authorize\?\S+)\r?\n"  # the whole line
-            deadline = time.monotonic() + TIMEOUT
-            while (found := re.search(link, term.screen)) is None and time.monotonic() < deadline and not term.closed:
-                term.read(0.2)
-            assert found is not None, term.screen[-3000:]
+            found = term.wait_for_match(rf"(http://localhost:{server.port}/authorize\?\S+)\r?\n", TIMEOUT)
+            assert found is not None, term.screen[-3000:]  # the link's whole line
             final = anyio.run(approve, found.group(1))
             assert final.status == 200, (final.url, final.text[:300])
             assert term.wait_for("Authentication successful", TIMEOUT), term.screen[-3000:]
