@@ -208,6 +208,54 @@ def play_browser(url: str) -> httpx.Response:
     return httpx.get(url, follow_redirects=True, timeout=30)
 
 
+# ---------------------------------------------------------------- signing in to OAuth mode
+
+
+BROWSERS = (
+    "xdg-open", "x-www-browser", "sensible-browser", "www-browser", "gio", "gnome-open", "kde-open",
+    "chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "firefox",
+)  # fmt: skip
+
+
+def stand_in_browsers(folder: Path, agent: Agent) -> Path:
+    """Commands an agent may start to open a link, each noting it in `folder/opened`, first on the
+    agent's PATH and named by BROWSER: the test is the browser. xdg-open succeeds; had it failed,
+    an agent would try the next way, so the others fail. (Without BROWSER, Codex finds the real
+    Chromium through its desktop file, and Gemini CLI, when xdg-open fails, through PATH.)"""
+    folder.mkdir()
+    for name in BROWSERS:
+        script = folder / name
+        code = 0 if name == "xdg-open" else 1
+        script.write_text(f'#!/bin/sh\necho "{name} $*" >> "{folder / "opened"}"\nexit {code}\n')
+        script.chmod(0o755)
+    agent.extra_env.update(PATH=f"{folder}{os.pathsep}{agent.env()['PATH']}", BROWSER=str(folder / "xdg-open"))
+    return folder / "opened"
+
+
+def no_real_browser(agent: Agent) -> bool:
+    return not (agent.home / ".config" / "chromium").exists()
+
+
+@pytest.fixture
+def oauth_server(fresh_api: FakeModelGates) -> Iterator[HttpServer]:
+    """A server in OAuth mode on its own `localhost` URL, for one agent's sign-in."""
+    server = start_oauth_server(fresh_api)
+    try:
+        yield server
+    finally:
+        assert server.stop() == 0
+    assert not any(key in server.stderr for key in fresh_api.minted), "a minted key reached the server's log"
+
+
+def check_signed_in_call(api: FakeModelGates, agent: Agent, opened: Path, link: str, shown: str) -> None:
+    """One sign-in, and its user's own key on the call that reached ModelGates; the agent tried to
+    open only the link (no real browser started), and the key is in none of its files or output."""
+    (minted,) = api.minted
+    assert upstream_keys(api) == [f"Bearer {minted}"]
+    assert opened.read_text().splitlines() == [f"xdg-open {link}"] and no_real_browser(agent)
+    assert holds_no_minted_key(agent.home, api) and minted not in shown
+
+
 # ---------------------------------------------------------------- Codex CLI
 
 
@@ -420,39 +468,31 @@ def test_codex_over_http_with_the_readme_line(
 
 
 def test_codex_signs_in_when_added_by_url_then_calls_with_the_users_key(
-    agents_bin: Path, fresh_api: FakeModelGates, tmp_path: Path
+    agents_bin: Path, fresh_api: FakeModelGates, oauth_server: HttpServer, tmp_path: Path
 ) -> None:
     """The README's URL-only line: `codex mcp add` finds the sign-in and runs it at once."""
-    server = start_oauth_server(fresh_api)
-    try:
-        with ModelStandIn(calls=[CREATE]) as model:
-            codex = new_codex(agents_bin, tmp_path, model)
-            opened = stand_in_browsers(tmp_path / "browsers", codex)
-            url = f"http://localhost:{server.port}/mcp"
-            argv = [a.replace(HOSTED, url) for a in readme_command("codex mcp add ", HOSTED, at_end=True)]
-            with Terminal([str(codex.bin / argv[0]), *argv[1:]], codex.env(), codex.project) as term:
-                assert term.wait_for(f"Authorize `{NAME}` by opening this URL", TIMEOUT), term.screen[-3000:]
-                found = term.wait_for_match(rf"(http://localhost:{server.port}/authorize\?\S+)\r?\n", TIMEOUT)
-                assert found is not None, term.screen[-3000:]  # the link's whole line
-                final = anyio.run(approve, found.group(1))
-                assert final.status == 200 and "Authentication complete" in final.text, (final.url, final.text[:300])
-                assert term.wait_for("Successfully logged in", TIMEOUT), term.screen[-3000:]
-            listed = codex("codex", "mcp", "list")
-            assert re.search(rf"(?m)^{NAME}\s+{re.escape(url)}\s.*\bOAuth\s*$", listed.stdout), explain(listed)
-            with CodexAppServer(codex) as app:
-                thread = app.start_thread()
-                status = app.server_status(thread)
-                assert status["runtimeStatus"] == "connected" and set(status["tools"]) == set(API_TOOLS), status
-                (call,) = app.turn(thread, "Create a ModelGates authorization code for my callback.")
-        assert call["status"] == "completed", call
-        (minted,) = fresh_api.minted
-        assert upstream_keys(fresh_api) == [f"Bearer {minted}"]  # the signed-in user's own key
-        assert opened.read_text().splitlines() == [f"xdg-open {found.group(1)}"] and no_real_browser(codex)
-        assert (codex.home / ".codex" / ".credentials.json").is_file()  # where its tokens are
-        assert holds_no_minted_key(codex.home, fresh_api) and minted not in term.output
-    finally:
-        assert server.stop() == 0
-    assert not any(key in server.stderr for key in fresh_api.minted), "a minted key reached the server's log"
+    with ModelStandIn(calls=[CREATE]) as model:
+        codex = new_codex(agents_bin, tmp_path, model)
+        opened = stand_in_browsers(tmp_path / "browsers", codex)
+        url = f"http://localhost:{oauth_server.port}/mcp"
+        argv = [a.replace(HOSTED, url) for a in readme_command("codex mcp add ", HOSTED, at_end=True)]
+        with Terminal([str(codex.bin / argv[0]), *argv[1:]], codex.env(), codex.project) as term:
+            assert term.wait_for(f"Authorize `{NAME}` by opening this URL", TIMEOUT), term.screen[-3000:]
+            found = term.wait_for_match(rf"(http://localhost:{oauth_server.port}/authorize\?\S+)\r?\n", TIMEOUT)
+            assert found is not None, term.screen[-3000:]  # the link's whole line
+            final = anyio.run(approve, found.group(1))
+            assert final.status == 200 and "Authentication complete" in final.text, (final.url, final.text[:300])
+            assert term.wait_for("Successfully logged in", TIMEOUT), term.screen[-3000:]
+        listed = codex("codex", "mcp", "list")
+        assert re.search(rf"(?m)^{NAME}\s+{re.escape(url)}\s.*\bOAuth\s*$", listed.stdout), explain(listed)
+        with CodexAppServer(codex) as app:
+            thread = app.start_thread()
+            status = app.server_status(thread)
+            assert status["runtimeStatus"] == "connected" and set(status["tools"]) == set(API_TOOLS), status
+            (call,) = app.turn(thread, "Create a ModelGates authorization code for my callback.")
+    assert call["status"] == "completed", call
+    assert (codex.home / ".codex" / ".credentials.json").is_file()  # where its tokens are
+    check_signed_in_call(fresh_api, codex, opened, found.group(1), term.output)
 
 
 def test_codex_connect_account_in_one_call_with_url_elicitation(
@@ -546,89 +586,56 @@ def test_gemini_over_http_with_the_readme_line(agents_bin: Path, server: HttpSer
 
 # Gemini CLI signs in to a server only from its interactive screen: in `-p` it says the server
 # "requires authentication using: /mcp auth NAME" and goes on without it.
-BROWSERS = (
-    "xdg-open", "x-www-browser", "sensible-browser", "www-browser", "gio", "gnome-open", "kde-open",
-    "chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "firefox",
-)  # fmt: skip
-
-
-def stand_in_browsers(folder: Path, agent: Agent) -> Path:
-    """Commands an agent may start to open a link, each noting it in `folder/opened`, first on the
-    agent's PATH and named by BROWSER: the test is the browser. xdg-open succeeds; had it failed,
-    an agent would try the next way, so the others fail. (Without BROWSER, Codex finds the real
-    Chromium through its desktop file, and Gemini CLI, when xdg-open fails, through PATH.)"""
-    folder.mkdir()
-    for name in BROWSERS:
-        script = folder / name
-        code = 0 if name == "xdg-open" else 1
-        script.write_text(f'#!/bin/sh\necho "{name} $*" >> "{folder / "opened"}"\nexit {code}\n')
-        script.chmod(0o755)
-    agent.extra_env.update(PATH=f"{folder}{os.pathsep}{agent.env()['PATH']}", BROWSER=str(folder / "xdg-open"))
-    return folder / "opened"
-
-
-def no_real_browser(agent: Agent) -> bool:
-    return not (agent.home / ".config" / "chromium").exists()
-
-
 def test_gemini_signs_in_with_mcp_auth_then_calls_with_the_users_key(
-    agents_bin: Path, fresh_api: FakeModelGates, tmp_path: Path
+    agents_bin: Path, fresh_api: FakeModelGates, oauth_server: HttpServer, tmp_path: Path
 ) -> None:
-    server = start_oauth_server(fresh_api)
-    try:
-        gemini = new_gemini(agents_bin, tmp_path)
-        opened = stand_in_browsers(tmp_path / "browsers", gemini)
-        url = f"http://localhost:{server.port}/mcp"
-        argv = readme_command("gemini mcp add ", HOSTED, at_end=True)
-        added(gemini(*[a.replace(HOSTED, url) for a in argv]))
-        listed = gemini("gemini", "mcp", "list")
-        assert f"✗ {NAME}: {url} (http) - Disconnected" in plain(listed.stdout + listed.stderr), explain(listed)
+    gemini = new_gemini(agents_bin, tmp_path)
+    opened = stand_in_browsers(tmp_path / "browsers", gemini)
+    url = f"http://localhost:{oauth_server.port}/mcp"
+    argv = readme_command("gemini mcp add ", HOSTED, at_end=True)
+    added(gemini(*[a.replace(HOSTED, url) for a in argv]))
+    listed = gemini("gemini", "mcp", "list")
+    assert f"✗ {NAME}: {url} (http) - Disconnected" in plain(listed.stdout + listed.stderr), explain(listed)
 
-        screen = [str(agents_bin / "gemini"), "-m", "gemini-2.5-flash"]
-        env = gemini.env(GEMINI_API_KEY="stand-in", GOOGLE_GEMINI_BASE_URL="http://127.0.0.1:9")  # no model needed
-        for name in ("CI", "GITHUB_ACTIONS"):  # with either set, Gemini CLI runs headless: no screen to type in
-            env.pop(name, None)
-        with Terminal(screen, env, gemini.project, term="xterm-256color", size=(50, 200)) as term:
-            assert term.wait_for("Type your message", TIMEOUT), term.screen[-3000:]
-            mark = len(term.screen)
-            term.send(f"/mcp auth {NAME}")
-            term.read(1.5)  # typed at once, the command is not taken for the start of another
-            for _ in range(3):  # an Enter may first complete the command in its suggestion list
-                term.send("\r")
-                if term.wait_for("Do you want to continue?", 10, since=mark):
-                    break
-            else:
-                pytest.fail(f"no consent question: {term.screen[-3000:]}")
-            term.send("\r")  # Yes
-            assert term.wait_for("Triple-click to select", TIMEOUT, since=mark), term.screen[-3000:]
-            shown = term.screen[mark:]
-            start = shown.index(f"http://localhost:{server.port}/authorize?")
-            wrapped = shown[start : shown.index("TIP: Triple-click", start)]  # the link, across lines
-            link = re.match(r"[!-~]+", re.sub(r"\s+", "", wrapped))
-            assert link is not None, wrapped
-            final = anyio.run(approve, link.group(0))
-            assert final.status == 200 and "Authentication Successful" in final.text, (final.url, final.text[:300])
-            assert term.wait_for(f"Successfully authenticated with MCP server '{NAME}'", TIMEOUT, since=mark), (
-                term.screen[-3000:]
-            )
-        gemini_connected(gemini)
-        with ModelStandIn(calls=[CREATE]) as model:
-            proc = gemini(
-                "gemini", "-m", "gemini-2.5-flash", "-p", "Create a ModelGates authorization code for my callback.",
-                "--yolo", "--output-format", "stream-json",
-                GEMINI_API_KEY="stand-in", GOOGLE_GEMINI_BASE_URL=model.url,
-            )  # fmt: skip
-        results = [e for e in json_lines(proc.stdout) if e.get("type") == "tool_result"]
-        assert proc.returncode == 0 and [r["status"] for r in results] == ["success"], explain(proc)
-        assert offered_tools(model, f"mcp_{NAME}_") == set(API_TOOLS), model.offered()
-        (minted,) = fresh_api.minted
-        assert upstream_keys(fresh_api) == [f"Bearer {minted}"]  # the signed-in user's own key
-        assert opened.read_text().splitlines() == [f"xdg-open {link.group(0)}"] and no_real_browser(gemini)
-        assert (gemini.home / ".gemini" / "mcp-oauth-tokens.json").is_file()  # where its tokens are
-        assert holds_no_minted_key(gemini.home, fresh_api) and minted not in term.output
-    finally:
-        assert server.stop() == 0
-    assert not any(key in server.stderr for key in fresh_api.minted), "a minted key reached the server's log"
+    screen = [str(agents_bin / "gemini"), "-m", "gemini-2.5-flash"]
+    env = gemini.env(GEMINI_API_KEY="stand-in", GOOGLE_GEMINI_BASE_URL="http://127.0.0.1:9")  # no model needed
+    for name in ("CI", "GITHUB_ACTIONS"):  # with either set, Gemini CLI runs headless: no screen to type in
+        env.pop(name, None)
+    with Terminal(screen, env, gemini.project, term="xterm-256color", size=(50, 200)) as term:
+        assert term.wait_for("Type your message", TIMEOUT), term.screen[-3000:]
+        mark = len(term.screen)
+        term.send(f"/mcp auth {NAME}")
+        term.read(1.5)  # typed at once, the command is not taken for the start of another
+        for _ in range(3):  # an Enter may first complete the command in its suggestion list
+            term.send("\r")
+            if term.wait_for("Do you want to continue?", 10, since=mark):
+                break
+        else:
+            pytest.fail(f"no consent question: {term.screen[-3000:]}")
+        term.send("\r")  # Yes
+        assert term.wait_for("Triple-click to select", TIMEOUT, since=mark), term.screen[-3000:]
+        shown = term.screen[mark:]
+        start = shown.index(f"http://localhost:{oauth_server.port}/authorize?")
+        wrapped = shown[start : shown.index("TIP: Triple-click", start)]  # the link, across lines
+        link = re.match(r"[!-~]+", re.sub(r"\s+", "", wrapped))
+        assert link is not None, wrapped
+        final = anyio.run(approve, link.group(0))
+        assert final.status == 200 and "Authentication Successful" in final.text, (final.url, final.text[:300])
+        assert term.wait_for(f"Successfully authenticated with MCP server '{NAME}'", TIMEOUT, since=mark), term.screen[
+            -3000:
+        ]
+    gemini_connected(gemini)
+    with ModelStandIn(calls=[CREATE]) as model:
+        proc = gemini(
+            "gemini", "-m", "gemini-2.5-flash", "-p", "Create a ModelGates authorization code for my callback.",
+            "--yolo", "--output-format", "stream-json",
+            GEMINI_API_KEY="stand-in", GOOGLE_GEMINI_BASE_URL=model.url,
+        )  # fmt: skip
+    results = [e for e in json_lines(proc.stdout) if e.get("type") == "tool_result"]
+    assert proc.returncode == 0 and [r["status"] for r in results] == ["success"], explain(proc)
+    assert offered_tools(model, f"mcp_{NAME}_") == set(API_TOOLS), model.offered()
+    assert (gemini.home / ".gemini" / "mcp-oauth-tokens.json").is_file()  # where its tokens are
+    check_signed_in_call(fresh_api, gemini, opened, link.group(0), term.output)
 
 
 # ---------------------------------------------------------------- GitHub Copilot CLI
@@ -796,30 +803,22 @@ def test_opencode_over_http_with_the_readme_line(agents_bin: Path, server: HttpS
 
 
 def test_opencode_signs_in_with_mcp_auth_then_calls_with_the_users_key(
-    agents_bin: Path, fresh_api: FakeModelGates, tmp_path: Path
+    agents_bin: Path, fresh_api: FakeModelGates, oauth_server: HttpServer, tmp_path: Path
 ) -> None:
-    server = start_oauth_server(fresh_api)
-    try:
-        opencode = new_opencode(agents_bin, tmp_path)
-        opened = stand_in_browsers(tmp_path / "browsers", opencode)
-        url = f"http://localhost:{server.port}/mcp"
-        added(opencode(*[a.replace(HOSTED, url) for a in readme_command("opencode mcp add ", HOSTED, at_end=True)]))
-        listed = opencode("opencode", "mcp", "list")
-        assert f"⚠ {NAME} needs authentication" in plain(listed.stdout), explain(listed)
-        with Terminal([str(opencode.bin / "opencode"), "mcp", "auth", NAME], opencode.env(), opencode.project) as term:
-            found = term.wait_for_match(rf"(http://localhost:{server.port}/authorize\?\S+)\r?\n", TIMEOUT)
-            assert found is not None, term.screen[-3000:]  # the link's whole line
-            final = anyio.run(approve, found.group(1))
-            assert final.status == 200, (final.url, final.text[:300])
-            assert term.wait_for("Authentication successful", TIMEOUT), term.screen[-3000:]
-        opencode_connected(opencode)
-        with ModelStandIn(calls=[CREATE]) as model:
-            opencode_calls_create(opencode, model)
-        assert offered_tools(model, f"{NAME}_") == set(API_TOOLS), model.offered()
-        (minted,) = fresh_api.minted
-        assert upstream_keys(fresh_api) == [f"Bearer {minted}"]  # the signed-in user's own key
-        assert opened.read_text().splitlines() == [f"xdg-open {found.group(1)}"] and no_real_browser(opencode)
-        assert holds_no_minted_key(opencode.home, fresh_api) and minted not in term.output
-    finally:
-        assert server.stop() == 0
-    assert not any(key in server.stderr for key in fresh_api.minted), "a minted key reached the server's log"
+    opencode = new_opencode(agents_bin, tmp_path)
+    opened = stand_in_browsers(tmp_path / "browsers", opencode)
+    url = f"http://localhost:{oauth_server.port}/mcp"
+    added(opencode(*[a.replace(HOSTED, url) for a in readme_command("opencode mcp add ", HOSTED, at_end=True)]))
+    listed = opencode("opencode", "mcp", "list")
+    assert f"⚠ {NAME} needs authentication" in plain(listed.stdout), explain(listed)
+    with Terminal([str(opencode.bin / "opencode"), "mcp", "auth", NAME], opencode.env(), opencode.project) as term:
+        found = term.wait_for_match(rf"(http://localhost:{oauth_server.port}/authorize\?\S+)\r?\n", TIMEOUT)
+        assert found is not None, term.screen[-3000:]  # the link's whole line
+        final = anyio.run(approve, found.group(1))
+        assert final.status == 200, (final.url, final.text[:300])
+        assert term.wait_for("Authentication successful", TIMEOUT), term.screen[-3000:]
+    opencode_connected(opencode)
+    with ModelStandIn(calls=[CREATE]) as model:
+        opencode_calls_create(opencode, model)
+    assert offered_tools(model, f"{NAME}_") == set(API_TOOLS), model.offered()
+    check_signed_in_call(fresh_api, opencode, opened, found.group(1), term.output)
