@@ -544,6 +544,16 @@ def gemini_connected(gemini: Agent) -> None:
     assert listed.returncode == 0 and line.startswith(f"✓ {NAME}:") and line.endswith("Connected"), explain(listed)
 
 
+def gemini_asks(gemini: Agent, model: ModelStandIn) -> subprocess.CompletedProcess[str]:
+    """`gemini -p` asking for an authorization code, with the stand-in as its model."""
+    # A fixed model: "auto" would first ask a router model, which the stand-in is not.
+    return gemini(
+        "gemini", "-m", "gemini-2.5-flash", "-p", "Create a ModelGates authorization code for my callback.",
+        "--yolo", "--output-format", "stream-json",
+        GEMINI_API_KEY="stand-in", GOOGLE_GEMINI_BASE_URL=model.url,
+    )  # fmt: skip
+
+
 def test_gemini_stdio_connects_lists_the_tools_and_calls_one(
     agents_bin: Path, fresh_api: FakeModelGates, tmp_path: Path
 ) -> None:
@@ -557,12 +567,7 @@ def test_gemini_stdio_connects_lists_the_tools_and_calls_one(
     assert shown["env"].items() <= entry["env"].items()
     gemini_connected(gemini)
     with ModelStandIn(calls=[CREATE]) as model:
-        # A fixed model: "auto" would first ask a router model, which the stand-in is not.
-        proc = gemini(
-            "gemini", "-m", "gemini-2.5-flash", "-p", "Create a ModelGates authorization code for my callback.",
-            "--yolo", "--output-format", "stream-json",
-            GEMINI_API_KEY="stand-in", GOOGLE_GEMINI_BASE_URL=model.url,
-        )  # fmt: skip
+        proc = gemini_asks(gemini, model)
     events = json_lines(proc.stdout)
     uses = [e for e in events if e.get("type") == "tool_use"]
     results = [e for e in events if e.get("type") == "tool_result"]
@@ -621,16 +626,11 @@ def test_gemini_signs_in_with_mcp_auth_then_calls_with_the_users_key(
         assert link is not None, wrapped
         final = anyio.run(approve, link.group(0))
         assert final.status == 200 and "Authentication Successful" in final.text, (final.url, final.text[:300])
-        assert term.wait_for(f"Successfully authenticated with MCP server '{NAME}'", TIMEOUT, since=mark), term.screen[
-            -3000:
-        ]
+        authenticated = f"Successfully authenticated with MCP server '{NAME}'"
+        assert term.wait_for(authenticated, TIMEOUT, since=mark), term.screen[-3000:]
     gemini_connected(gemini)
     with ModelStandIn(calls=[CREATE]) as model:
-        proc = gemini(
-            "gemini", "-m", "gemini-2.5-flash", "-p", "Create a ModelGates authorization code for my callback.",
-            "--yolo", "--output-format", "stream-json",
-            GEMINI_API_KEY="stand-in", GOOGLE_GEMINI_BASE_URL=model.url,
-        )  # fmt: skip
+        proc = gemini_asks(gemini, model)
     results = [e for e in json_lines(proc.stdout) if e.get("type") == "tool_result"]
     assert proc.returncode == 0 and [r["status"] for r in results] == ["success"], explain(proc)
     assert offered_tools(model, f"mcp_{NAME}_") == set(API_TOOLS), model.offered()
