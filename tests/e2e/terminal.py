@@ -2,8 +2,8 @@
 
 Claude Code's `mcp login` insists on a terminal; Gemini CLI signs in to a server only from its
 interactive screen (`/mcp auth NAME`). A `Terminal` starts the client with a pty as its stdin,
-stdout and stderr, keeps what it printed (escape sequences and all; `screen` strips them), types
-into it, and waits, within a deadline, for a text to be shown.
+stdout and stderr, keeps what it printed (escape sequences and all; `screen` strips them), sends
+keys to it, and waits, within a deadline, for a text to be shown.
 """
 
 from __future__ import annotations
@@ -66,17 +66,13 @@ class Terminal:
 
     def wait_for(self, text: str, seconds: float, since: int = 0) -> bool:
         """Whether `text` is on the screen (from character `since` on) within `seconds`."""
-        deadline = time.monotonic() + seconds
-        while text not in self.screen[since:]:
-            if self.closed or time.monotonic() >= deadline:
-                return False
-            self.read(0.2)
-        return True
+        return self.wait_for_match(re.escape(text), seconds, since) is not None
 
-    def wait_for_match(self, pattern: str, seconds: float) -> re.Match[str] | None:
-        """The first match of `pattern` on the screen within `seconds`, or None."""
+    def wait_for_match(self, pattern: str, seconds: float, since: int = 0) -> re.Match[str] | None:
+        """The first match of `pattern` on the screen (from character `since` on) within `seconds`,
+        or None. Positions count in all that was kept (the last MAX_OUTPUT bytes)."""
         deadline = time.monotonic() + seconds
-        while (found := re.search(pattern, self.screen)) is None:
+        while (found := re.search(pattern, self.screen[since:])) is None:
             if self.closed or time.monotonic() >= deadline:
                 return None
             self.read(0.2)
